@@ -1,0 +1,144 @@
+//! `hawser`: the user's command.
+//!
+//! `hawser demo identity` runs the identity flow on loopback and narrates it.
+//! `hawser cert inspect` shows whose identity a certificate carries and
+//! whether it verifies against a trust bundle, with the same verifier the node
+//! proxies use, so an operator can check an SVID exactly as the mesh would.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hawser_api::tls::{TrustBundle, uri_sans, verify_peer};
+use hawser_api::{SpiffeId, TrustDomain};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+mod demo;
+
+/// Hawser, a sidecarless service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "hawser", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Demonstrations that run on this machine without a cluster.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCmd,
+    },
+    /// Certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoCmd {
+    /// Start a control plane (CA) on loopback, bootstrap a node, obtain
+    /// workload certificates, and run mTLS between them.
+    Identity {
+        /// Where to leave the certificates for `openssl` (kept after the demo).
+        #[arg(long, default_value = "hawser-demo")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCmd {
+    /// Show a certificate chain's SPIFFE ID and validity, and verify it.
+    Inspect {
+        /// PEM file: the leaf first, then any intermediates.
+        chain: PathBuf,
+        /// PEM trust bundle to verify against (e.g. the CA's trust-bundle.pem).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Require this SPIFFE ID.
+        #[arg(long)]
+        expect: Option<SpiffeId>,
+        /// Trust domain the identity must belong to.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: TrustDomain,
+    },
+}
+
+fn main() -> ExitCode {
+    hawser_api::tls::install_crypto_provider();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Demo {
+            command: DemoCmd::Identity { out },
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(demo::identity(&out))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert {
+            command:
+                CertCmd::Inspect {
+                    chain,
+                    bundle,
+                    expect,
+                    trust_domain,
+                },
+        } => inspect(&chain, bundle.as_deref(), expect.as_ref(), &trust_domain),
+    }
+}
+
+fn inspect(
+    chain_path: &std::path::Path,
+    bundle: Option<&std::path::Path>,
+    expect: Option<&SpiffeId>,
+    td: &TrustDomain,
+) -> anyhow::Result<ExitCode> {
+    let data =
+        std::fs::read(chain_path).with_context(|| format!("reading {}", chain_path.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not PEM", chain_path.display()))?;
+    let leaf = chain
+        .first()
+        .with_context(|| format!("{} holds no certificate", chain_path.display()))?;
+    let uris = uri_sans(leaf)?;
+    println!(
+        "URI SANs:     {}",
+        if uris.is_empty() {
+            "(none)".into()
+        } else {
+            uris.join(", ")
+        }
+    );
+    println!("chain length: {}", chain.len());
+    let Some(bundle_path) = bundle else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let bundle = TrustBundle::from_pem(
+        &std::fs::read(bundle_path)
+            .with_context(|| format!("reading {}", bundle_path.display()))?,
+    )?;
+    match verify_peer(&bundle, td, leaf, &chain[1..], UnixTime::now(), expect) {
+        Ok(id) => {
+            println!("verified:     yes, as {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("verified:     NO: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! `hawser-node-proxy`: the one proxy per node.
+//!
+//! - [`identity`]: workload certificates: keys generated here, CSRs sent to the
+//!   control plane's CA, renewal at half-life, the certificates currently held.
+//!
+//! The data path (in-pod listeners, HBONE tunnel, routing, authorization) is
+//! built on these in its own modules. This crate never links `kube`.
+
+pub mod identity;

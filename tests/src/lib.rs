@@ -1,0 +1,7 @@
+//! `hawser-tests`: end-to-end tests of Hawser's components wired together over
+//! real sockets, and the harness they share.
+//!
+//! - [`identity`]: a control plane (CA + identity service) on loopback with a
+//!   temporary CA directory and bootstrap tokens, and node clients for it.
+
+pub mod identity;
