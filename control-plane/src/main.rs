@@ -1,10 +1,18 @@
 //! The `hawser-control-plane` binary.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = hawser_control_plane::args::Args::parse();
     hawser_api::tls::install_crypto_provider();
-    hawser_control_plane::run(args).await
+    match hawser_control_plane::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
