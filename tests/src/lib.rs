@@ -3,5 +3,7 @@
 //!
 //! - [`identity`]: a control plane (CA + identity service) on loopback with a
 //!   temporary CA directory and bootstrap tokens, and node clients for it.
+//! - [`lab`]: the netns lab (nodes, underlay, pods attached by real CNI plugins).
 
 pub mod identity;
+pub mod lab;

@@ -1,0 +1,639 @@
+//! The lab: a small Kubernetes-like cluster on one Linux machine, built from
+//! network namespaces. Used by `hawser lab`, the end-to-end tests, the
+//! conformance runner and the benchmarks.
+//!
+//! Topology (everything lives in namespaces the lab creates; nothing is added
+//! to the host namespace, whose sysctls and routes are never touched):
+//!
+//! ```text
+//!   <name>-ul   underlay: bridge br0, 172.31.255.254/24 (the control plane's address)
+//!     │ veth per node
+//!   <name>-n1   node 1: eth0 172.31.255.1/24, ip_forward=1, cni0 bridge 10.244.1.1/24,
+//!     │           routes to the other nodes' pod CIDRs via their underlay address
+//!   <name>-p*   pods: eth0 from the node's CNI chain (bridge + host-local), lo (loopback)
+//! ```
+//!
+//! Every resource is recorded in `<state-dir>/lab.json` before it is created,
+//! so [`Lab::down`] (also after a crash) removes exactly what the lab made.
+
+pub mod cni;
+pub mod sys;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Why a lab operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab needs root.
+    #[error("the lab needs root (network namespaces, veths, nftables); run it with sudo")]
+    NotRoot,
+    /// A required tool or file is missing.
+    #[error("missing {0}")]
+    Missing(String),
+    /// A system command failed.
+    #[error("`{command}` failed: {output}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
+    /// A CNI plugin failed.
+    #[error("CNI plugin {plugin} {command} failed: {output}")]
+    Cni {
+        /// The plugin type.
+        plugin: String,
+        /// ADD, DEL, …
+        command: String,
+        /// Its error output.
+        output: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Input is not what it must be.
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// What was read.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No lab is up in the state directory.
+    #[error("no lab is up in {0} (run `hawser lab up`)")]
+    NotUp(PathBuf),
+}
+
+impl LabError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Prefix of every namespace the lab creates (short: it names netns files).
+    pub name: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Where state, logs and generated config live.
+    pub state_dir: PathBuf,
+    /// Where the standard CNI plugins are (Debian: `/usr/lib/cni`).
+    pub cni_bin_dir: PathBuf,
+}
+
+impl LabConfig {
+    /// `nodes` nodes named `name`, state under `state_dir`.
+    pub fn new(name: &str, nodes: usize, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.to_owned(),
+            nodes,
+            state_dir: state_dir.into(),
+            cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+        }
+    }
+}
+
+/// A node of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Node {
+    /// Node name (`node-1`, …).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address on the underlay.
+    pub underlay_ip: Ipv4Addr,
+    /// Its pod CIDR (`10.244.<i>.0/24`).
+    pub pod_cidr: String,
+    /// The pods' gateway on this node.
+    pub gateway: Ipv4Addr,
+}
+
+/// A pod of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// The node it is scheduled on.
+    pub node: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// The sandbox (container) id given to CNI.
+    pub container_id: String,
+    /// Its IP, from the CNI result.
+    pub ip: Option<Ipv4Addr>,
+    /// The cached CNI ADD result (for DEL).
+    pub cni_result: Value,
+}
+
+/// A background process the lab started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Process {
+    /// What it is (`control-plane`, `node-proxy node-1`, `pod default/web`).
+    pub role: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Everything the lab created, persisted so it can be removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LabState {
+    /// The namespace prefix.
+    pub name: String,
+    /// The underlay namespace, once created.
+    pub underlay: Option<String>,
+    /// Nodes, in order.
+    pub nodes: Vec<Node>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Background processes.
+    pub processes: Vec<Process>,
+    /// Counter for pod namespace names.
+    pub next_pod: u32,
+}
+
+/// Address of the control plane on the underlay.
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 254);
+
+/// A lab, up or being brought up.
+#[derive(Debug)]
+pub struct Lab {
+    config: LabConfig,
+    state: LabState,
+}
+
+impl Lab {
+    /// Brings a lab up: underlay, nodes with routing and their CNI config. Stale
+    /// state from an earlier lab of the same name is removed first; if any
+    /// step fails, everything created so far is removed again.
+    pub fn up(config: LabConfig) -> Result<Self, LabError> {
+        preflight(&config)?;
+        if let Ok(stale) = Self::load(&config) {
+            stale.down()?;
+        }
+        // Namespaces of a crashed lab that never saved its state.
+        for ns in sys::netns_with_prefix(&format!("{}-", config.name)) {
+            sys::netns_del(&ns)?;
+        }
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| LabError::io(&config.state_dir, e))?;
+        let mut lab = Self {
+            state: LabState {
+                name: config.name.clone(),
+                ..LabState::default()
+            },
+            config,
+        };
+        match lab.build() {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                let _ = lab.teardown();
+                Err(e)
+            }
+        }
+    }
+
+    /// Loads the lab whose state is in `config.state_dir`.
+    pub fn load(config: &LabConfig) -> Result<Self, LabError> {
+        let path = config.state_dir.join("lab.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|_| LabError::NotUp(config.state_dir.clone()))?;
+        let state: LabState = serde_json::from_str(&text).map_err(|e| LabError::Invalid {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            config: LabConfig {
+                name: state.name.clone(),
+                ..config.clone()
+            },
+            state,
+        })
+    }
+
+    /// What the lab holds.
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &LabConfig {
+        &self.config
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        let path = self.config.state_dir.join("lab.json");
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.state).map_err(|e| LabError::Invalid {
+            what: "lab state".into(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&tmp, text).map_err(|e| LabError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| LabError::io(&path, e))
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        let ul = format!("{}-ul", self.config.name);
+        self.state.underlay = Some(ul.clone());
+        self.save()?;
+        sys::netns_add(&ul)?;
+        sys::ip(["-n", &ul, "link", "set", "lo", "up"])?;
+        sys::ip(["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        sys::ip([
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{CONTROL_PLANE_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
+        sys::ip(["-n", &ul, "link", "set", "br0", "up"])?;
+
+        for i in 1..=self.config.nodes {
+            let index =
+                u8::try_from(i)
+                    .ok()
+                    .filter(|i| *i < 250)
+                    .ok_or_else(|| LabError::Invalid {
+                        what: "--nodes".into(),
+                        reason: format!("{} nodes; at most 249 are supported", self.config.nodes),
+                    })?;
+            let node = Node {
+                name: format!("node-{i}"),
+                netns: format!("{}-n{i}", self.config.name),
+                underlay_ip: Ipv4Addr::new(172, 31, 255, index),
+                pod_cidr: format!("10.244.{i}.0/24"),
+                gateway: Ipv4Addr::new(10, 244, index, 1),
+            };
+            self.state.nodes.push(node.clone());
+            self.save()?;
+            sys::netns_add(&node.netns)?;
+            let n = node.netns.as_str();
+            let port = format!("n{i}");
+            sys::ip([
+                "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", n,
+            ])?;
+            sys::ip(["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+            sys::ip(["-n", n, "link", "set", "lo", "up"])?;
+            sys::ip([
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{}/24", node.underlay_ip),
+                "dev",
+                "eth0",
+            ])?;
+            sys::ip(["-n", n, "link", "set", "eth0", "up"])?;
+            sys::netns_sysctl(n, "net.ipv4.ip_forward", "1")?;
+            self.write_cni_config(&node)?;
+        }
+        // Native routing between pod CIDRs over the underlay.
+        for node in &self.state.nodes {
+            for other in self.state.nodes.iter().filter(|o| o.name != node.name) {
+                sys::ip([
+                    "-n",
+                    &node.netns,
+                    "route",
+                    "add",
+                    &other.pod_cidr,
+                    "via",
+                    &other.underlay_ip.to_string(),
+                ])?;
+            }
+        }
+        self.save()
+    }
+
+    /// The node's CNI configuration directory (`/etc/cni/net.d` of that node).
+    pub fn cni_conf_dir(&self, node: &Node) -> PathBuf {
+        self.config
+            .state_dir
+            .join("nodes")
+            .join(&node.name)
+            .join("net.d")
+    }
+
+    fn conflist_path(&self, node: &Node) -> PathBuf {
+        self.cni_conf_dir(node).join("10-hawser-lab.conflist")
+    }
+
+    fn write_cni_config(&self, node: &Node) -> Result<(), LabError> {
+        let dir = self.cni_conf_dir(node);
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        let ipam_dir = self
+            .config
+            .state_dir
+            .join("nodes")
+            .join(&node.name)
+            .join("ipam");
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "hawser-lab",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "isDefaultGateway": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": node.pod_cidr, "gateway": node.gateway.to_string()}]],
+                    "dataDir": ipam_dir,
+                }
+            }]
+        });
+        let path = self.conflist_path(node);
+        let text = serde_json::to_string_pretty(&conf).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))
+    }
+
+    fn node(&self, name: &str) -> Result<&Node, LabError> {
+        self.state
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| LabError::Invalid {
+                what: "node".into(),
+                reason: format!("no node named {name:?} in the lab"),
+            })
+    }
+
+    /// Creates a pod as kubelet would: its network namespace, then the
+    /// loopback plugin and the node's CNI chain with `CNI_ARGS`.
+    pub fn add_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+    ) -> Result<Pod, LabError> {
+        if self.pod(namespace, name).is_some() {
+            return Err(LabError::Invalid {
+                what: format!("pod {namespace}/{name}"),
+                reason: "already exists".into(),
+            });
+        }
+        let node = self.node(node)?.clone();
+        self.state.next_pod += 1;
+        let mut pod = Pod {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            node: node.name.clone(),
+            netns: format!("{}-p{}", self.config.name, self.state.next_pod),
+            container_id: format!("hawserlab{:08}", self.state.next_pod),
+            ip: None,
+            cni_result: Value::Null,
+        };
+        self.state.pods.push(pod.clone());
+        self.save()?;
+        let result = (|| {
+            sys::netns_add(&pod.netns)?;
+            let args = cni_args(&pod);
+            let netns_path = Path::new("/run/netns").join(&pod.netns);
+            let attachment = |ifname| cni::Attachment {
+                node_netns: &node.netns,
+                container_id: &pod.container_id,
+                pod_netns_path: &netns_path,
+                ifname,
+                args: &args,
+            };
+            // Like containerd: the loopback network first, then the pod network.
+            self.loopback().add(&attachment("lo"))?;
+            self.conflist(&node)?.add(&attachment("eth0"))
+        })();
+        match result {
+            Ok(cni_result) => {
+                pod.ip = cni::result_ipv4(&cni_result).and_then(|ip| ip.parse().ok());
+                pod.cni_result = cni_result;
+                if let Some(p) = self.state.pods.iter_mut().find(|p| p.netns == pod.netns) {
+                    *p = pod.clone();
+                }
+                self.save()?;
+                Ok(pod)
+            }
+            Err(e) => {
+                let _ = sys::netns_del(&pod.netns);
+                self.state.pods.retain(|p| p.netns != pod.netns);
+                self.save()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// A pod by namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.state
+            .pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// Deletes a pod as kubelet would: stop its processes, CNI DEL through the
+    /// chain, then remove its network namespace.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<(), LabError> {
+        let pod = self
+            .pod(namespace, name)
+            .cloned()
+            .ok_or_else(|| LabError::Invalid {
+                what: format!("pod {namespace}/{name}"),
+                reason: "does not exist".into(),
+            })?;
+        let role = format!("pod {namespace}/{name}");
+        self.stop_processes(|p| p.role == role);
+        let result = self.cni_del(&pod);
+        sys::netns_del(&pod.netns)?;
+        self.state.pods.retain(|p| p.netns != pod.netns);
+        self.save()?;
+        result
+    }
+
+    fn cni_del(&self, pod: &Pod) -> Result<(), LabError> {
+        let node = self.node(&pod.node)?;
+        let args = cni_args(pod);
+        let netns_path = Path::new("/run/netns").join(&pod.netns);
+        let attachment = |ifname| cni::Attachment {
+            node_netns: &node.netns,
+            container_id: &pod.container_id,
+            pod_netns_path: &netns_path,
+            ifname,
+            args: &args,
+        };
+        let cached = (!pod.cni_result.is_null()).then_some(&pod.cni_result);
+        let pod_net = self.conflist(node)?.del(&attachment("eth0"), cached);
+        let lo = self.loopback().del(&attachment("lo"), None);
+        pod_net.and(lo)
+    }
+
+    fn conflist(&self, node: &Node) -> Result<cni::ConfList, LabError> {
+        cni::ConfList::load(
+            &self.conflist_path(node),
+            vec![self.config.cni_bin_dir.clone()],
+        )
+    }
+
+    fn loopback(&self) -> cni::ConfList {
+        cni::ConfList {
+            doc: json!({"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}),
+            bin_dirs: vec![self.config.cni_bin_dir.clone()],
+        }
+    }
+
+    /// Starts `program args…` in the background inside network namespace
+    /// `netns`, logging to `<state>/logs/<log_name>.log`, and records it.
+    pub fn spawn(
+        &mut self,
+        role: &str,
+        netns: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Process, LabError> {
+        let logs = self.config.state_dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| LabError::io(&logs, e))?;
+        let log = logs.join(format!("{}.log", role.replace(['/', ' '], "_")));
+        let file = std::fs::File::create(&log).map_err(|e| LabError::io(&log, e))?;
+        let err_file = file.try_clone().map_err(|e| LabError::io(&log, e))?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(err_file);
+        // Its own process group: a Ctrl-C in the user's terminal does not reach it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(|e| LabError::Command {
+            command: format!("{} {}", program.display(), args.join(" ")),
+            output: e.to_string(),
+        })?;
+        let process = Process {
+            role: role.to_owned(),
+            pid: child.id(),
+            log,
+        };
+        self.state.processes.push(process.clone());
+        self.save()?;
+        Ok(process)
+    }
+
+    fn stop_processes(&mut self, which: impl Fn(&Process) -> bool) {
+        let (stop, keep): (Vec<_>, Vec<_>) = self.state.processes.drain(..).partition(|p| which(p));
+        self.state.processes = keep;
+        for p in stop {
+            sys::stop(p.pid, Duration::from_secs(3));
+        }
+    }
+
+    /// Removes everything the lab created: processes, pods (CNI DEL), nodes,
+    /// the underlay, and the state directory. Safe to call twice.
+    pub fn down(mut self) -> Result<(), LabError> {
+        self.teardown()?;
+        let dir = &self.config.state_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self) -> Result<(), LabError> {
+        self.stop_processes(|_| true);
+        // Everything is removed even if a CNI DEL fails; the first failure is
+        // reported at the end.
+        let mut first_error = None;
+        for pod in std::mem::take(&mut self.state.pods).into_iter().rev() {
+            if let Err(e) = self.cni_del(&pod) {
+                first_error.get_or_insert(e);
+            }
+            sys::netns_del(&pod.netns)?;
+        }
+        for node in std::mem::take(&mut self.state.nodes).into_iter().rev() {
+            sys::netns_del(&node.netns)?;
+        }
+        if let Some(ul) = self.state.underlay.take() {
+            sys::netns_del(&ul)?;
+        }
+        for ns in sys::netns_with_prefix(&format!("{}-", self.config.name)) {
+            sys::netns_del(&ns)?;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Runs `program args…` inside pod `namespace/name` and returns its stdout.
+    pub fn exec(
+        &self,
+        namespace: &str,
+        name: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<String, LabError> {
+        let pod = self.pod(namespace, name).ok_or_else(|| LabError::Invalid {
+            what: format!("pod {namespace}/{name}"),
+            reason: "does not exist".into(),
+        })?;
+        sys::netns_exec(&pod.netns, program, args)
+    }
+}
+
+/// `CNI_ARGS` as kubelet passes them.
+fn cni_args(pod: &Pod) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+        pod.namespace, pod.name, pod.container_id, pod.uid
+    )
+}
+
+/// Checks what the lab needs before touching anything.
+fn preflight(config: &LabConfig) -> Result<(), LabError> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err(LabError::NotRoot);
+    }
+    if sys::run("ip", ["-V"]).is_err() {
+        return Err(LabError::Missing(
+            "the `ip` command (install iproute2)".into(),
+        ));
+    }
+    if sys::run("nft", ["--version"]).is_err() {
+        return Err(LabError::Missing(
+            "the `nft` command (install nftables)".into(),
+        ));
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        if !config.cni_bin_dir.join(plugin).is_file() {
+            return Err(LabError::Missing(format!(
+                "CNI plugin {} (install containernetworking-plugins)",
+                config.cni_bin_dir.join(plugin).display()
+            )));
+        }
+    }
+    if config.nodes == 0 {
+        return Err(LabError::Invalid {
+            what: "--nodes".into(),
+            reason: "a lab needs at least one node".into(),
+        });
+    }
+    Ok(())
+}

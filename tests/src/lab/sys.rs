@@ -1,0 +1,172 @@
+//! Running the system tools the lab is built from (`ip`, the CNI plugins,
+//! processes inside network namespaces), with errors that say which command
+//! failed and what it printed.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::LabError;
+
+/// Runs `program args…`, returning its stdout; a non-zero exit is an error
+/// carrying the command line and its stderr.
+pub fn run<I, S>(program: &str, args: I) -> Result<String, LabError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_with(Command::new(program).args(args), None)
+}
+
+/// Runs `cmd` with `stdin` fed in, returning stdout.
+pub fn run_with(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<String, LabError> {
+    let line = format!("{cmd:?}").replace('"', "");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| LabError::Command {
+        command: line.clone(),
+        output: e.to_string(),
+    })?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A plugin that exits without reading its stdin closes the pipe: its
+        // exit status tells what went wrong, not this write.
+        let _ = pipe.write_all(data);
+    }
+    let out = child.wait_with_output().map_err(|e| LabError::Command {
+        command: line.clone(),
+        output: e.to_string(),
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(LabError::Command {
+            command: line,
+            output: format!("{} {}", stderr.trim(), stdout.trim())
+                .trim()
+                .to_owned(),
+        });
+    }
+    Ok(stdout)
+}
+
+/// `ip args…`.
+pub fn ip<I, S>(args: I) -> Result<String, LabError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run("ip", args)
+}
+
+/// Creates network namespace `name`.
+pub fn netns_add(name: &str) -> Result<(), LabError> {
+    ip(["netns", "add", name]).map(drop)
+}
+
+/// Deletes network namespace `name`; a namespace that is already gone is fine.
+pub fn netns_del(name: &str) -> Result<(), LabError> {
+    if !netns_exists(name) {
+        return Ok(());
+    }
+    ip(["netns", "del", name]).map(drop)
+}
+
+/// Whether network namespace `name` exists.
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Every network namespace whose name starts with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs `program args…` inside network namespace `netns`, returning stdout.
+pub fn netns_exec<I, S>(netns: &str, program: &str, args: I) -> Result<String, LabError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_with(
+        Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args),
+        None,
+    )
+}
+
+/// Sets a per-namespace sysctl inside `netns` (never in the host namespace).
+pub fn netns_sysctl(netns: &str, key: &str, value: &str) -> Result<(), LabError> {
+    netns_exec(netns, "sysctl", ["-qw", &format!("{key}={value}")]).map(drop)
+}
+
+/// Whether process `pid` is alive.
+pub fn alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+/// Stops process `pid`: SIGTERM, then SIGKILL if it is still alive after `grace`.
+pub fn stop(pid: u32, grace: std::time::Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let pid_t = Pid::from_raw(raw);
+    if kill(pid_t, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if alive(pid) {
+        let _ = kill(pid_t, Signal::SIGKILL);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread that has joined network namespace `netns`, so
+/// sockets it creates live there; the calling thread is never moved.
+pub fn in_netns<T, F>(netns: &str, f: F) -> Result<T, LabError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let path = Path::new("/run/netns").join(netns);
+    let file = std::fs::File::open(&path).map_err(|e| LabError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| LabError::Command {
+                command: format!("setns {}", path.display()),
+                output: e.to_string(),
+            })
+            .map(|()| f())
+    })
+    .join()
+    .map_err(|_| LabError::Command {
+        command: format!("thread in netns {netns}"),
+        output: "panicked".into(),
+    })?
+}

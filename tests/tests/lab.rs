@@ -1,0 +1,166 @@
+//! The lab's network: nodes, underlay, pods attached by Debian's real CNI
+//! plugins, routing between nodes, and a clean teardown. Runs as root (CI does);
+//! fails, never skips, when it cannot set up.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+
+use hawser_tests::lab::{Lab, LabConfig, LabError, sys};
+
+/// Removes the lab even when an assertion fails.
+struct Guard(Option<Lab>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(lab) = self.0.take() {
+            let _ = lab.down();
+        }
+    }
+}
+
+fn config(tag: &str) -> (LabConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = format!("hl{}{tag}", std::process::id() % 10000);
+    (LabConfig::new(&name, 2, dir.path().join("lab")), dir)
+}
+
+/// What the host looks like: this lab's namespaces, links, nft tables,
+/// ip_forward. (Other tests' labs come and go concurrently, so only namespaces
+/// with this lab's prefix are compared.)
+fn host_snapshot(prefix: &str) -> (Vec<String>, String, String, String) {
+    let links = sys::ip(["-o", "link"]).expect("ip link");
+    // Link indexes and counters are stable; names and flags are what matter.
+    let links = links
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (
+        sys::netns_with_prefix(prefix),
+        links,
+        sys::run("nft", ["list", "tables"]).expect("nft list tables"),
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("ip_forward"),
+    )
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_and_down_restores_the_host() {
+    let (cfg, _dir) = config("a");
+    let prefix = format!("{}-", cfg.name);
+    let before = host_snapshot(&prefix);
+    let state_dir: PathBuf = cfg.state_dir.clone();
+    let mut guard = Guard(Some(Lab::up(cfg).expect("lab up")));
+    let lab = guard.0.as_mut().expect("lab");
+
+    let a = lab
+        .add_pod("default", "a", "uid-a", "node-1")
+        .expect("pod a");
+    let b = lab
+        .add_pod("default", "b", "uid-b", "node-2")
+        .expect("pod b");
+    let (a_ip, b_ip) = (a.ip.expect("a has an IP"), b.ip.expect("b has an IP"));
+    assert_eq!(a_ip.octets()[..3], [10, 244, 1], "{a_ip}");
+    assert_eq!(b_ip.octets()[..3], [10, 244, 2], "{b_ip}");
+    // Loopback is up in the pod (the loopback plugin ran).
+    let lo = lab
+        .exec("default", "a", "ip", &["-o", "link", "show", "lo"])
+        .expect("ip link");
+    assert!(lo.contains("UP"), "{lo}");
+
+    // TCP from a pod on node-1 to a pod on node-2, across the underlay.
+    let listener = sys::in_netns(&b.netns, move || TcpListener::bind((b_ip, 8080)))
+        .expect("enter b")
+        .expect("bind in b");
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().expect("accept");
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).expect("read");
+        conn.write_all(&buf).expect("echo");
+        peer
+    });
+    let echoed = sys::in_netns(&a.netns, move || {
+        let mut c = TcpStream::connect((b_ip, 8080))?;
+        c.write_all(b"hello")?;
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf)?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .expect("enter a")
+    .expect("connect a -> b");
+    assert_eq!(&echoed, b"hello");
+    // Native routing: b sees a's own pod IP (no NAT on the way).
+    assert_eq!(server.join().expect("server").ip(), a_ip);
+
+    // Deleting a pod runs CNI DEL: its namespace and its IP lease are gone.
+    let ipam = state_dir
+        .join("nodes/node-2/ipam/hawser-lab")
+        .join(b_ip.to_string());
+    assert!(ipam.exists(), "host-local leased {b_ip}");
+    lab.delete_pod("default", "b").expect("delete b");
+    assert!(!sys::netns_exists(&b.netns));
+    assert!(!ipam.exists(), "lease released");
+
+    let lab = guard.0.take().expect("lab");
+    lab.down().expect("down");
+    assert!(!state_dir.exists());
+    assert_eq!(
+        host_snapshot(&prefix),
+        before,
+        "the host is exactly as before"
+    );
+    // Down again: there is nothing left to remove, and it says so.
+    assert!(matches!(
+        Lab::load(&LabConfig::new("x", 2, &state_dir)),
+        Err(LabError::NotUp(_))
+    ));
+}
+
+#[test]
+fn up_after_a_crash_removes_the_stale_lab_first() {
+    let (cfg, _dir) = config("b");
+    let prefix = format!("{}-", cfg.name);
+    let crashed = Lab::up(cfg.clone()).expect("first up");
+    let mut crashed_pods = Guard(Some(crashed));
+    crashed_pods
+        .0
+        .as_mut()
+        .expect("lab")
+        .add_pod("default", "a", "uid-a", "node-1")
+        .expect("pod");
+    // Simulate a crash: the lab is forgotten without `down`.
+    std::mem::forget(crashed_pods.0.take());
+    assert_eq!(
+        sys::netns_with_prefix(&prefix).len(),
+        4,
+        "ul + 2 nodes + 1 pod"
+    );
+
+    let guard = Guard(Some(Lab::up(cfg).expect("second up")));
+    let names = sys::netns_with_prefix(&prefix);
+    assert_eq!(
+        names.len(),
+        3,
+        "ul + 2 nodes, the stale pod is gone: {names:?}"
+    );
+    assert!(guard.0.as_ref().expect("lab").state().pods.is_empty());
+    drop(guard);
+    assert!(sys::netns_with_prefix(&prefix).is_empty());
+}
+
+#[test]
+fn failed_pod_creation_leaves_nothing_behind() {
+    let (cfg, _dir) = config("c");
+    let prefix = format!("{}-", cfg.name);
+    let mut guard = Guard(Some(Lab::up(cfg).expect("up")));
+    let lab = guard.0.as_mut().expect("lab");
+    let err = lab.add_pod("default", "a", "uid-a", "node-9").unwrap_err();
+    assert!(
+        err.to_string().contains("no node named \"node-9\""),
+        "{err}"
+    );
+    lab.add_pod("default", "a", "uid-a", "node-1").expect("pod");
+    let err = lab.add_pod("default", "a", "uid-a", "node-1").unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(sys::netns_with_prefix(&prefix).len(), 4);
+}
