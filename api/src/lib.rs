@@ -9,6 +9,7 @@
 //!
 //! This crate never depends on `kube`: the data plane links it.
 
+pub mod cni;
 pub mod proto;
 pub mod spiffe;
 pub mod tls;

@@ -5,3 +5,9 @@
 pub mod identity {
     tonic::include_proto!("hawser.identity.v1");
 }
+
+/// The CNI plugin ↔ node proxy protocol (`hawser.cni.v1`); see [`crate::cni`].
+#[allow(missing_docs, clippy::all, unreachable_pub, rust_2018_idioms)]
+pub mod cni {
+    tonic::include_proto!("hawser.cni.v1");
+}
