@@ -11,3 +11,9 @@ pub mod identity {
 pub mod cni {
     tonic::include_proto!("hawser.cni.v1");
 }
+
+/// The lab's echo backend (`hawser.echo.v1`); served by `hawser-echo`.
+#[allow(missing_docs, clippy::all, unreachable_pub, rust_2018_idioms)]
+pub mod echo {
+    tonic::include_proto!("hawser.echo.v1");
+}

@@ -2,8 +2,10 @@
 //!
 //! - [`identity`]: workload certificates: keys generated here, CSRs sent to the
 //!   control plane's CA, renewal at half-life, the certificates currently held.
+//! - [`tunnel`]: HBONE, HTTP/2 CONNECT over mTLS between node proxies.
 //!
 //! The data path (in-pod listeners, HBONE tunnel, routing, authorization) is
 //! built on these in its own modules. This crate never links `kube`.
 
 pub mod identity;
+pub mod tunnel;

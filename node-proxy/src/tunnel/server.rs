@@ -1,0 +1,157 @@
+//! The HBONE server (port 15008 in each pod): terminates mTLS with the pod's
+//! certificate, then serves HTTP/2 CONNECT streams, asking an
+//! [`HboneHandler`] for each whether to admit it and where to connect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hawser_api::SpiffeId;
+use http::{Method, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::H2Stream;
+
+/// Why a CONNECT was not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Authorization denied the stream.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The target is not a workload of this pod.
+    #[error("no such destination: {0}")]
+    UnknownTarget(String),
+    /// Connecting to the target failed.
+    #[error("connecting to the destination failed: {0}")]
+    Unreachable(String),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::UnknownTarget(_) => StatusCode::BAD_REQUEST,
+            Self::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// What the server does with each admitted stream.
+#[async_trait]
+pub trait HboneHandler: Send + Sync + 'static {
+    /// The upstream connection type.
+    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Decides on a CONNECT to `target` from the verified `peer`, and opens
+    /// the upstream connection if admitted.
+    async fn connect(
+        &self,
+        peer: &SpiffeId,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<Self::Upstream, Refusal>;
+}
+
+/// Tuning of the HBONE server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    /// Streams one connection may carry at once.
+    pub max_concurrent_streams: u32,
+    /// Per-stream receive window.
+    pub stream_window: u32,
+    /// Per-connection receive window.
+    pub connection_window: u32,
+    /// How long the HTTP/2 handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 1000,
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves one established mTLS connection from `peer` until it closes.
+pub async fn serve_connection<IO, H>(
+    io: IO,
+    peer: SpiffeId,
+    peer_addr: SocketAddr,
+    handler: Arc<H>,
+    config: ServerConfig,
+) -> Result<(), h2::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: HboneHandler,
+{
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .initial_window_size(config.stream_window)
+        .initial_connection_window_size(config.connection_window)
+        .handshake::<_, Bytes>(io);
+    let mut conn = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(conn) => conn?,
+        Err(_) => {
+            tracing::info!(%peer, %peer_addr, "HTTP/2 handshake timed out");
+            return Ok(());
+        }
+    };
+    let peer = Arc::new(peer);
+    while let Some(next) = conn.accept().await {
+        let (request, mut respond) = next?;
+        let (handler, peer) = (handler.clone(), peer.clone());
+        tokio::spawn(async move {
+            let reply = |status: StatusCode| {
+                Response::builder()
+                    .status(status)
+                    .body(())
+                    .unwrap_or_else(|_| Response::new(()))
+            };
+            if request.method() != Method::CONNECT {
+                let _ = respond.send_response(reply(StatusCode::METHOD_NOT_ALLOWED), true);
+                return;
+            }
+            let target = request
+                .uri()
+                .authority()
+                .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+            let Some(target) = target else {
+                tracing::info!(%peer, uri = %request.uri(), "CONNECT without an ip:port target");
+                let _ = respond.send_response(reply(StatusCode::BAD_REQUEST), true);
+                return;
+            };
+            let upstream = match handler.connect(&peer, peer_addr, target).await {
+                Ok(u) => u,
+                Err(refusal) => {
+                    tracing::info!(%peer, %target, reason = %refusal, "HBONE stream refused");
+                    let _ = respond.send_response(reply(refusal.status()), true);
+                    return;
+                }
+            };
+            let send = match respond.send_response(reply(StatusCode::OK), false) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, %target, error = %e, "client went away before the tunnel opened");
+                    return;
+                }
+            };
+            let mut tunnel = H2Stream::new(send, request.into_body());
+            let mut upstream = upstream;
+            match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
+                Ok((from_client, to_client)) => {
+                    tracing::debug!(%peer, %target, from_client, to_client, "HBONE stream closed")
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, %target, error = %e, "HBONE stream ended with an error")
+                }
+            }
+        });
+    }
+    Ok(())
+}
