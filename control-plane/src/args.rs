@@ -56,6 +56,11 @@ pub struct Args {
     )]
     pub bootstrap_token_dir: PathBuf,
 
+    /// Directory of Kubernetes manifests (multi-document YAML) to serve the
+    /// mesh from, watched for changes: the source used without a cluster.
+    #[arg(long, env = "HAWSER_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+
     /// Address of the gRPC (TLS) server: identity, discovery.
     #[arg(long, env = "HAWSER_GRPC_ADDR", default_value = "0.0.0.0:15012")]
     pub grpc_addr: SocketAddr,

@@ -1,4 +1,5 @@
-//! Startup: load the CA, then serve the gRPC API over TLS until a shutdown signal.
+//! Startup: load the CA, start the config source feeding the index, then
+//! serve identity and discovery over TLS until a shutdown signal.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +12,10 @@ use tokio::net::TcpListener;
 
 use crate::args::{Args, Command};
 use crate::ca::{Ca, store};
-use crate::identity::{self, BootstrapTokens, IdentityService, RateLimiter, StaticPods};
+use crate::discovery::DiscoveryService;
+use crate::identity::{self, BootstrapTokens, IdentityService, RateLimiter};
+use crate::index::{IndexConfig, SharedIndex};
+use crate::sources::manifests::{ManifestConfig, ManifestSource};
 
 /// Runs the control plane as configured by `args`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -31,20 +35,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     tracing::info!(trust_domain = %args.trust_domain, roots = ca.bundle().roots().len(), "certificate authority ready");
 
-    // Until the config index serves as the pod source, no pod is known and every
-    // workload certificate request is refused (the safe default).
-    let pods = Arc::new(StaticPods::default());
-    let service = IdentityService::new(
+    let Some(manifests) = args.manifests.clone() else {
+        anyhow::bail!(
+            "no config source: pass --manifests DIR (a directory of Kubernetes manifests); \
+             the Kubernetes API source is not available yet"
+        );
+    };
+    let index = SharedIndex::new(IndexConfig {
+        trust_domain: args.trust_domain.to_string(),
+        ..IndexConfig::default()
+    });
+    let (stop_source, source_stopped) = tokio::sync::watch::channel(false);
+    let source = ManifestSource::new(ManifestConfig::new(&manifests), index.clone());
+    tracing::info!(dir = %manifests.display(), "watching manifests");
+    let source = tokio::spawn(source.run(source_stopped));
+
+    let identity = IdentityService::new(
         ca.clone(),
         Arc::new(BootstrapTokens::new(&args.bootstrap_token_dir)),
-        pods,
+        // The index knows where pods are scheduled: the impersonation check's truth.
+        Arc::new(index.clone()),
         RateLimiter::new(args.node_rate_limit, args.node_rate_burst),
     );
     let listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC address {}", args.grpc_addr))?;
-    tracing::info!(addr = %args.grpc_addr, "serving identity over TLS");
-    serve(listener, ca, service, shutdown_signal()).await
+    tracing::info!(addr = %args.grpc_addr, "serving identity and discovery over TLS");
+    let result = serve(
+        listener,
+        ca,
+        identity,
+        DiscoveryService::new(index),
+        shutdown_signal(),
+    )
+    .await;
+    let _ = stop_source.send(true);
+    let _ = source.await;
+    result
 }
 
 /// Serves the gRPC API on `listener` with a control-plane certificate issued
@@ -53,6 +80,7 @@ pub async fn serve(
     listener: TcpListener,
     ca: Arc<Ca>,
     identity: IdentityService,
+    discovery: DiscoveryService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let own_id = SpiffeId::control_plane(ca.trust_domain());
@@ -69,8 +97,16 @@ pub async fn serve(
         ClientAuth::Optional,
     ));
     let tls = Arc::new(server_config(slot, verifier, &[b"h2"]));
+    let closer = discovery.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Open discovery streams never end by themselves: end them so the
+        // graceful shutdown can complete.
+        closer.close();
+    };
     let result = tonic::transport::Server::builder()
         .add_service(identity.into_server())
+        .add_service(discovery.into_server())
         .serve_with_incoming_shutdown(identity::tls::incoming(listener, tls), shutdown)
         .await
         .context("gRPC server failed");

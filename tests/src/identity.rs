@@ -1,8 +1,9 @@
-//! A control plane serving the identity API on a loopback port, with its CA
-//! directory, bootstrap tokens and pod table in a temporary directory.
+//! A control plane serving identity and discovery on a loopback port, with its
+//! CA directory, bootstrap tokens and pod table in a temporary directory, and
+//! optionally a watched manifest directory as its config source.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hawser_api::SpiffeId;
@@ -13,9 +14,12 @@ use hawser_api::tls::{
     server_config,
 };
 use hawser_control_plane::ca::{Ca, CaSource, SvidProfile};
+use hawser_control_plane::discovery::DiscoveryService;
 use hawser_control_plane::identity::{
-    BootstrapTokens, IdentityService, PodIdentity, RateLimiter, StaticPods,
+    BootstrapTokens, IdentityService, PodIdentity, PodSource, RateLimiter, StaticPods,
 };
+use hawser_control_plane::index::{IndexConfig, SharedIndex};
+use hawser_control_plane::sources::manifests::{ManifestConfig, ManifestReport, ManifestSource};
 use hawser_node_proxy::identity::{ControlPlaneClient, ControlPlaneConfig, ControlPlaneError};
 use rustls::sign::SingleCertAndKey;
 use rustls_pki_types::ServerName;
@@ -29,8 +33,12 @@ pub struct LocalControlPlane {
     pub addr: SocketAddr,
     /// The CA.
     pub ca: Arc<Ca>,
-    /// Pods the impersonation check knows.
+    /// Pods the impersonation check knows (when not serving from manifests).
     pub pods: Arc<StaticPods>,
+    /// The config index discovery serves.
+    pub index: SharedIndex,
+    /// The manifest source's report, when serving from a manifest directory.
+    pub manifest_report: Option<tokio::sync::watch::Receiver<Arc<ManifestReport>>>,
     /// Holds the CA directory and token files.
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -40,6 +48,21 @@ impl LocalControlPlane {
     /// Starts a control plane with a fresh self-signed root and the given
     /// per-node rate limit.
     pub async fn start(rate_per_second: u32, burst: u32) -> anyhow::Result<Self> {
+        Self::start_with(rate_per_second, burst, None).await
+    }
+
+    /// Starts a control plane serving the mesh from the manifests in
+    /// `manifests` (watched); the index is then also the pod source of the
+    /// impersonation check, as in the real binary.
+    pub async fn with_manifests(manifests: &Path) -> anyhow::Result<Self> {
+        Self::start_with(100, 100, Some(manifests)).await
+    }
+
+    async fn start_with(
+        rate_per_second: u32,
+        burst: u32,
+        manifests: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("tokens"))?;
         let ca = Arc::new(Ca::load(
@@ -51,27 +74,42 @@ impl LocalControlPlane {
             SvidProfile::default(),
         )?);
         let pods = Arc::new(StaticPods::default());
+        let index = SharedIndex::new(IndexConfig::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop_source, source_stopped) = tokio::sync::watch::channel(false);
+        let (pod_source, manifest_report): (Arc<dyn PodSource>, _) = match manifests {
+            Some(m) => {
+                let source = ManifestSource::new(ManifestConfig::new(m), index.clone());
+                let report = source.report();
+                tokio::spawn(source.run(source_stopped));
+                (Arc::new(index.clone()), Some(report))
+            }
+            None => (pods.clone(), None),
+        };
         let service = IdentityService::new(
             ca.clone(),
             Arc::new(BootstrapTokens::new(dir.path().join("tokens"))),
-            pods.clone(),
+            pod_source,
             RateLimiter::new(rate_per_second, burst),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel();
         tokio::spawn(hawser_control_plane::serve(
             listener,
             ca.clone(),
             service,
-            async {
+            DiscoveryService::new(index.clone()),
+            async move {
                 let _ = stopped.await;
+                let _ = stop_source.send(true);
             },
         ));
         Ok(Self {
             addr,
             ca,
             pods,
+            index,
+            manifest_report,
             dir,
             stop: Some(stop),
         })

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 pub use auth::{AuthError, BootstrapTokens, NodeAuthenticator};
 pub use pods::{PodIdentity, PodSource, StaticPods};
 pub use rate_limit::RateLimiter;
-pub use tls::PeerInfo;
+pub use tls::{PeerInfo, calling_node};
 
 use crate::ca::{Ca, CaError, Issued};
 
@@ -86,23 +86,6 @@ impl IdentityService {
             .iter()
             .map(|c| c.to_vec())
             .collect()
-    }
-}
-
-/// The calling node, from its verified client certificate.
-fn calling_node<T>(req: &Request<T>) -> Result<String, Status> {
-    let peer = req
-        .extensions()
-        .get::<PeerInfo>()
-        .and_then(|p| p.identity.clone());
-    match peer.as_ref().and_then(|id| id.node_name()) {
-        Some(node) => Ok(node.to_owned()),
-        None => {
-            tracing::warn!(peer = ?peer, "workload certificate request without a node certificate");
-            Err(Status::unauthenticated(
-                "workload certificates are only issued to callers presenting a node certificate",
-            ))
-        }
     }
 }
 

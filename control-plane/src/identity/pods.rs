@@ -1,26 +1,23 @@
 //! Where pods are scheduled: the source of truth for the impersonation check.
 //!
-//! The config index implements [`PodSource`] once it knows the cluster's pods;
-//! [`StaticPods`] is an in-memory table for tests and embedding.
+//! The config index ([`crate::index::SharedIndex`]) is the pod source of a
+//! running control plane; [`StaticPods`] is an in-memory table for tests.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-/// What the CA needs to know about a pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodIdentity {
-    /// The pod's UID.
-    pub uid: String,
-    /// The node the pod is scheduled on.
-    pub node: String,
-    /// The pod's ServiceAccount (its identity).
-    pub service_account: String,
-}
+pub use crate::model::PodIdentity;
 
 /// Looks pods up by namespace and name.
 pub trait PodSource: Send + Sync + 'static {
     /// The pod `namespace/name`, if it exists.
     fn pod(&self, namespace: &str, name: &str) -> Option<PodIdentity>;
+}
+
+impl PodSource for crate::index::SharedIndex {
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodIdentity> {
+        self.read().pod_identity(namespace, name)
+    }
 }
 
 /// An in-memory pod table.

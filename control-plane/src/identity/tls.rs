@@ -120,3 +120,21 @@ pub fn incoming(
     });
     ReceiverStream::new(rx)
 }
+
+/// The calling node's name, from its verified client certificate
+/// (`spiffe://<td>/hawser/node/<node>`); UNAUTHENTICATED otherwise.
+pub fn calling_node<T>(req: &tonic::Request<T>) -> Result<String, tonic::Status> {
+    let peer = req
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.identity.clone());
+    match peer.as_ref().and_then(|id| id.node_name()) {
+        Some(node) => Ok(node.to_owned()),
+        None => {
+            tracing::warn!(peer = ?peer, "call without a node certificate refused");
+            Err(tonic::Status::unauthenticated(
+                "this call requires a node certificate (spiffe://<trust-domain>/hawser/node/<node>)",
+            ))
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Route status as data: one entry per Service parent with `Accepted` and
+//! `ResolvedRefs` conditions, as the Gateway API defines them. Printable for
+//! the CLI and the admin API (Display, and serde for JSON); a Kubernetes
+//! source writes the same data into `status.parents`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::model::{ParentRef, RouteRef};
+
+/// `controllerName` Hawser writes in every parent status.
+pub const CONTROLLER_NAME: &str = "hawser.dev/mesh";
+
+/// The status of one route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteStatus {
+    /// Which route.
+    pub route: RouteRef,
+    /// One entry per distinct Service `parentRef` (Gateway parents are not ours).
+    pub parents: Vec<ParentStatus>,
+}
+
+/// The status of a route for one parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentStatus {
+    /// The `parentRef` as written.
+    pub parent_ref: ParentRef,
+    /// Always [`CONTROLLER_NAME`].
+    pub controller_name: &'static str,
+    /// `Accepted` then `ResolvedRefs`.
+    pub conditions: Vec<Condition>,
+}
+
+impl ParentStatus {
+    /// The condition of type `kind`.
+    pub fn condition(&self, kind: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+}
+
+/// Condition types Hawser sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ConditionType {
+    /// The route attaches to the parent.
+    Accepted,
+    /// Every reference of the route resolves.
+    ResolvedRefs,
+}
+
+/// Condition reasons, named as in the Gateway API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Reason {
+    /// Accepted=True.
+    Accepted,
+    /// The parent Service (or its port / section) does not exist or cannot be a parent.
+    NoMatchingParent,
+    /// The route uses a value Hawser does not support.
+    UnsupportedValue,
+    /// Another route type wins every port of this parent (GEP-1294).
+    Conflicted,
+    /// ResolvedRefs=True.
+    ResolvedRefs,
+    /// A backendRef names a Service (or port) that does not exist.
+    BackendNotFound,
+    /// A backendRef names something other than a core Service.
+    InvalidKind,
+}
+
+/// One condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: ConditionType,
+    /// `True` or `False`.
+    pub status: bool,
+    /// Why.
+    pub reason: Reason,
+    /// Details naming what is wrong.
+    pub message: String,
+    /// The route generation this was computed from.
+    pub observed_generation: i64,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl fmt::Display for RouteStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.route)?;
+        if self.parents.is_empty() {
+            writeln!(f, "  no Service parent")?;
+        }
+        for p in &self.parents {
+            writeln!(f, "  parent {} ({})", p.parent_ref, p.controller_name)?;
+            for c in &p.conditions {
+                write!(
+                    f,
+                    "    {}={} {} (generation {})",
+                    c.kind,
+                    if c.status { "True" } else { "False" },
+                    c.reason,
+                    c.observed_generation
+                )?;
+                if !c.message.is_empty() {
+                    write!(f, ": {}", c.message)?;
+                }
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}

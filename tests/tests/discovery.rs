@@ -1,0 +1,180 @@
+//! Config push end to end: manifests on disk → the control plane's index →
+//! the discovery stream (mTLS, node certificate) → a node's config.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hawser_api::proto::discovery::{ResourceType, resource::Kind};
+use hawser_node_proxy::discovery::{DiscoveryClient, NodeConfig};
+use hawser_tests::identity::LocalControlPlane;
+use tokio::sync::watch;
+
+const NAMESPACE: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+  labels:
+    hawser.dev/mesh: enabled
+";
+
+const POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: demo
+  uid: uid-web-1
+  labels:
+    app: web
+spec:
+  nodeName: node-1
+  serviceAccountName: web
+  containers:
+  - name: web
+    image: echo
+    ports:
+    - containerPort: 8080
+status:
+  podIP: 10.244.1.5
+  conditions:
+  - type: Ready
+    status: \"True\"
+";
+
+fn service(port: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  clusterIP: 10.96.0.10
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: {port}
+    targetPort: 8080
+"
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    // Write then rename, as editors and kubectl-like tools do.
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, path).expect("rename manifest");
+}
+
+fn service_ports(cfg: &NodeConfig) -> Option<Vec<u32>> {
+    match cfg.get(ResourceType::Service, "demo/web")?.kind.as_ref()? {
+        Kind::Service(s) => Some(s.ports.iter().map(|p| p.port).collect()),
+        _ => None,
+    }
+}
+
+/// Waits until `check` holds for the node's config; returns how long it took.
+async fn wait_for(
+    rx: &mut watch::Receiver<Arc<NodeConfig>>,
+    limit: Duration,
+    check: impl Fn(&NodeConfig) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    tokio::time::timeout(limit, rx.wait_for(|c| check(c)))
+        .await
+        .unwrap_or_else(|_| panic!("config did not converge within {limit:?}"))
+        .expect("discovery client alive");
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_edits_reach_the_node_within_a_second() {
+    hawser_api::tls::install_crypto_provider();
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let file = manifests.path().join("mesh.yaml");
+    write(
+        &file,
+        &format!("{NAMESPACE}---\n{POD}---\n{}", service("80")),
+    );
+
+    let cp = LocalControlPlane::with_manifests(manifests.path())
+        .await
+        .expect("control plane");
+    let token = cp.add_node("node-1", "t1").expect("node token");
+    let node = cp.node_client("node-1", token).await.expect("bootstrap");
+    let client = DiscoveryClient::new(node.channel(), "node-1");
+    let mut config = client.config();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(client.run(stopped));
+
+    wait_for(&mut config, Duration::from_secs(5), |c| {
+        service_ports(c) == Some(vec![80])
+    })
+    .await;
+    assert!(
+        config.borrow().workloads().any(|w| w.uid == "uid-web-1"),
+        "the pod is a workload of the node"
+    );
+
+    // Edit: the change is on the node within a second.
+    write(
+        &file,
+        &format!("{NAMESPACE}---\n{POD}---\n{}", service("81")),
+    );
+    let took = wait_for(&mut config, Duration::from_secs(1), |c| {
+        service_ports(c) == Some(vec![81])
+    })
+    .await;
+    println!("edit reached the node in {took:?}");
+
+    // An invalid edit is reported (file, document, field) and changes nothing.
+    let held = config.borrow().version();
+    write(
+        &file,
+        &format!("{NAMESPACE}---\n{POD}---\n{}", service("70000")),
+    );
+    let mut report = cp.manifest_report.clone().expect("manifest source");
+    let report = tokio::time::timeout(
+        Duration::from_secs(2),
+        report.wait_for(|r| !r.errors.is_empty()),
+    )
+    .await
+    .expect("the invalid document is reported")
+    .expect("source alive")
+    .clone();
+    let error = report.errors[0].to_string();
+    assert!(error.contains("mesh.yaml"), "{error}");
+    assert!(error.contains("document 3"), "{error}");
+    assert!(error.contains("spec.ports[0].port"), "{error}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        service_ports(&config.borrow()),
+        Some(vec![81]),
+        "previous Service stays"
+    );
+    assert_eq!(config.borrow().version(), held);
+
+    // Delete: the Service leaves the node within a second.
+    std::fs::remove_file(&file).expect("delete manifest");
+    let took = wait_for(&mut config, Duration::from_secs(1), |c| {
+        service_ports(c).is_none()
+    })
+    .await;
+    println!("delete reached the node in {took:?}");
+
+    // The control plane goes away: the node keeps its last config.
+    write(
+        &file,
+        &format!("{NAMESPACE}---\n{POD}---\n{}", service("82")),
+    );
+    wait_for(&mut config, Duration::from_secs(1), |c| {
+        service_ports(c) == Some(vec![82])
+    })
+    .await;
+    drop(cp);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(service_ports(&config.borrow()), Some(vec![82]));
+    stop.send(true).expect("stop");
+    task.await.expect("client task");
+}
