@@ -1,11 +1,13 @@
 //! `hawser-node-proxy`: the one proxy per node.
 //!
+//! - [`identity`]: workload certificates: keys generated here, CSRs sent to the
+//!   control plane's CA, renewal at half-life, the certificates currently held.
 //! - [`authz`]: L4 authorization of inbound connections (AuthorizationPolicy).
 //! - [`discovery`]: the mesh configuration streamed from the control plane,
 //!   validated before use, ACKed or NACKed, kept while the control plane is away.
-//! - [`identity`]: workload certificates: keys generated here, CSRs sent to the
-//!   control plane's CA, renewal at half-life, the certificates currently held.
 //! - [`tunnel`]: HBONE, HTTP/2 CONNECT over mTLS between node proxies.
+//! - [`inpod`]: the CNI plugin's requests and the listeners opened inside
+//!   each enrolled pod's network namespace (15001, 15006, 15008).
 //!
 //! The data path (in-pod listeners, HBONE tunnel, routing, authorization) is
 //! built on these in its own modules. This crate never links `kube`.
@@ -13,4 +15,5 @@
 pub mod authz;
 pub mod discovery;
 pub mod identity;
+pub mod inpod;
 pub mod tunnel;
