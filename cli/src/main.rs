@@ -1,5 +1,6 @@
 //! `hawser`: the user's command.
 //!
+//! `hawser status routes|manifests|nodes` shows what the control plane reports.
 //! `hawser demo identity` runs the identity flow on loopback and narrates it.
 //! `hawser cert inspect` shows whose identity a certificate carries and
 //! whether it verifies against a trust bundle, with the same verifier the node
@@ -16,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 mod demo;
+mod status;
 
 /// Hawser, a sidecarless service mesh.
 #[derive(Debug, Parser)]
@@ -31,6 +33,18 @@ enum Cmd {
     Demo {
         #[command(subcommand)]
         command: DemoCmd,
+    },
+    /// Status from the control plane's admin API.
+    Status {
+        /// What to show.
+        #[arg(value_enum)]
+        topic: status::Topic,
+        /// The admin API address.
+        #[arg(long, env = "HAWSER_ADMIN_ADDR", default_value = "127.0.0.1:15014")]
+        admin: std::net::SocketAddr,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Certificates.
     Cert {
@@ -86,6 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(demo::identity(&out))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { topic, admin, json } => {
+            tokio::runtime::Runtime::new()?.block_on(status::show(admin, topic, json))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cert {

@@ -65,6 +65,11 @@ pub struct Args {
     #[arg(long, env = "HAWSER_GRPC_ADDR", default_value = "0.0.0.0:15012")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the admin API (plain HTTP: status of routes, manifests and
+    /// node streams). Keep it on localhost.
+    #[arg(long, env = "HAWSER_ADMIN_ADDR", default_value = "127.0.0.1:15014")]
+    pub admin_addr: SocketAddr,
+
     /// Sustained certificate requests per second allowed per node.
     #[arg(long, default_value_t = 50)]
     pub node_rate_limit: u32,

@@ -10,6 +10,7 @@ use hawser_api::SpiffeId;
 use hawser_api::tls::{CertSlot, ClientAuth, SpiffeClientVerifier, server_config};
 use tokio::net::TcpListener;
 
+use crate::admin::{self, AdminState};
 use crate::args::{Args, Command};
 use crate::ca::{Ca, store};
 use crate::discovery::DiscoveryService;
@@ -47,8 +48,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     let (stop_source, source_stopped) = tokio::sync::watch::channel(false);
     let source = ManifestSource::new(ManifestConfig::new(&manifests), index.clone());
+    let manifest_report = source.report();
     tracing::info!(dir = %manifests.display(), "watching manifests");
-    let source = tokio::spawn(source.run(source_stopped));
+    let source = tokio::spawn(source.run(source_stopped.clone()));
 
     let identity = IdentityService::new(
         ca.clone(),
@@ -60,17 +62,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC address {}", args.grpc_addr))?;
+    let discovery = DiscoveryService::new(index.clone());
+    let admin_listener = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
+    tracing::info!(addr = %args.admin_addr, "serving the admin API");
+    let mut admin_stopped = source_stopped;
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        AdminState {
+            index,
+            discovery: discovery.clone(),
+            manifests: manifest_report,
+        },
+        async move {
+            let _ = admin_stopped.wait_for(|s| *s).await;
+        },
+    ));
     tracing::info!(addr = %args.grpc_addr, "serving identity and discovery over TLS");
-    let result = serve(
-        listener,
-        ca,
-        identity,
-        DiscoveryService::new(index),
-        shutdown_signal(),
-    )
-    .await;
+    let result = serve(listener, ca, identity, discovery, shutdown_signal()).await;
     let _ = stop_source.send(true);
     let _ = source.await;
+    let _ = admin.await;
     result
 }
 

@@ -27,6 +27,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// Where a local control plane's config comes from.
+enum Config<'a> {
+    /// No config; pods from [`LocalControlPlane::add_pod`].
+    Static,
+    /// A watched manifest directory.
+    Manifests(&'a Path),
+    /// An index the caller fills.
+    Index(SharedIndex),
+}
+
 /// A running control plane. Stops when dropped.
 pub struct LocalControlPlane {
     /// The gRPC address.
@@ -48,20 +58,26 @@ impl LocalControlPlane {
     /// Starts a control plane with a fresh self-signed root and the given
     /// per-node rate limit.
     pub async fn start(rate_per_second: u32, burst: u32) -> anyhow::Result<Self> {
-        Self::start_with(rate_per_second, burst, None).await
+        Self::start_with(rate_per_second, burst, Config::Static).await
     }
 
     /// Starts a control plane serving the mesh from the manifests in
     /// `manifests` (watched); the index is then also the pod source of the
     /// impersonation check, as in the real binary.
     pub async fn with_manifests(manifests: &Path) -> anyhow::Result<Self> {
-        Self::start_with(100, 100, Some(manifests)).await
+        Self::start_with(100, 100, Config::Manifests(manifests)).await
+    }
+
+    /// Starts a control plane serving `index` (filled by the caller), which is
+    /// also its pod source.
+    pub async fn with_index(index: SharedIndex) -> anyhow::Result<Self> {
+        Self::start_with(1000, 1000, Config::Index(index)).await
     }
 
     async fn start_with(
         rate_per_second: u32,
         burst: u32,
-        manifests: Option<&Path>,
+        config: Config<'_>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("tokens"))?;
@@ -74,17 +90,18 @@ impl LocalControlPlane {
             SvidProfile::default(),
         )?);
         let pods = Arc::new(StaticPods::default());
-        let index = SharedIndex::new(IndexConfig::default());
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_source, source_stopped) = tokio::sync::watch::channel(false);
-        let (pod_source, manifest_report): (Arc<dyn PodSource>, _) = match manifests {
-            Some(m) => {
+        let (index, pod_source, manifest_report): (_, Arc<dyn PodSource>, _) = match config {
+            Config::Manifests(m) => {
+                let index = SharedIndex::new(IndexConfig::default());
                 let source = ManifestSource::new(ManifestConfig::new(m), index.clone());
                 let report = source.report();
                 tokio::spawn(source.run(source_stopped));
-                (Arc::new(index.clone()), Some(report))
+                (index.clone(), Arc::new(index), Some(report))
             }
-            None => (pods.clone(), None),
+            Config::Index(index) => (index.clone(), Arc::new(index), None),
+            Config::Static => (SharedIndex::new(IndexConfig::default()), pods.clone(), None),
         };
         let service = IdentityService::new(
             ca.clone(),

@@ -66,7 +66,9 @@ impl DiscoveryService {
 
     /// The tonic service to mount on a server.
     pub fn into_server(self) -> DiscoveryServer<Self> {
-        DiscoveryServer::new(self)
+        // Snapshots of large meshes exceed gRPC's 4 MiB default (10k Services
+        // and 50k pods encode to about 10 MiB).
+        DiscoveryServer::new(self).max_encoding_message_size(256 * 1024 * 1024)
     }
 
     /// Every node that has subscribed, with what it holds.

@@ -1,9 +1,12 @@
 //! The configuration a node holds: every resource the control plane sent, at
 //! one version, each validated before it is accepted. Updates build a new
-//! config and never modify the one in force.
+//! config and never modify the one in force; the map is persistent (shared
+//! structure), so a delta costs O(changes · log n), not a copy of the mesh.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use hawser_api::SpiffeId;
 use hawser_api::proto::discovery::{
@@ -55,7 +58,7 @@ type Key = (i32, String);
 #[derive(Debug, Clone, Default)]
 pub struct NodeConfig {
     version: u64,
-    resources: BTreeMap<Key, Resource>,
+    resources: OrdMap<Key, Arc<Resource>>,
 }
 
 impl NodeConfig {
@@ -76,7 +79,9 @@ impl NodeConfig {
 
     /// A resource by type and name.
     pub fn get(&self, kind: ResourceType, name: &str) -> Option<&Resource> {
-        self.resources.get(&(kind as i32, name.to_owned()))
+        self.resources
+            .get(&(kind as i32, name.to_owned()))
+            .map(|r| r.as_ref())
     }
 
     /// Every workload.
@@ -113,10 +118,10 @@ impl NodeConfig {
 
     /// A config holding exactly the snapshot's resources.
     pub fn from_snapshot(snapshot: Snapshot) -> Result<Self, ConfigError> {
-        let mut resources = BTreeMap::new();
+        let mut resources = OrdMap::new();
         for r in snapshot.resources {
             let key = validate(&r)?;
-            resources.insert(key, r);
+            resources.insert(key, Arc::new(r));
         }
         Ok(Self {
             version: snapshot.version,
@@ -138,7 +143,7 @@ impl NodeConfig {
         }
         for r in delta.upserted {
             let key = validate(&r)?;
-            next.resources.insert(key, r);
+            next.resources.insert(key, Arc::new(r));
         }
         next.version = delta.version;
         Ok(next)
