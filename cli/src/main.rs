@@ -1,5 +1,6 @@
 //! `hawser`: the user's command.
 //!
+//! `hawser lab up|down|status|exec` runs a local multi-node mesh in network namespaces.
 //! `hawser status routes|manifests|nodes` shows what the control plane reports.
 //! `hawser demo identity` runs the identity flow on loopback and narrates it.
 //! `hawser cert inspect` shows whose identity a certificate carries and
@@ -17,6 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 mod demo;
+mod lab;
 mod status;
 
 /// Hawser, a sidecarless service mesh.
@@ -29,6 +31,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// A local multi-node mesh in network namespaces (root).
+    Lab {
+        #[command(flatten)]
+        opts: lab::LabOpts,
+        #[command(subcommand)]
+        command: lab::LabCmd,
+    },
     /// Demonstrations that run on this machine without a cluster.
     Demo {
         #[command(subcommand)]
@@ -102,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(demo::identity(&out))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Lab { opts, command } => lab::run(opts, command),
         Cmd::Status { topic, admin, json } => {
             tokio::runtime::Runtime::new()?.block_on(status::show(admin, topic, json))?;
             Ok(ExitCode::SUCCESS)

@@ -53,6 +53,44 @@ fn pods_on_two_nodes_reach_each_other_and_down_restores_the_host() {
     let mut guard = Guard(Some(Lab::up(cfg).expect("lab up")));
     let lab = guard.0.as_mut().expect("lab");
 
+    // The control plane runs in the underlay and answers on its admin API.
+    let cp = lab
+        .state()
+        .processes
+        .iter()
+        .find(|p| p.role == "control-plane")
+        .expect("control plane")
+        .clone();
+    assert!(sys::alive(cp.pid));
+    let ready = lab
+        .in_underlay(|| {
+            let mut s = TcpStream::connect(hawser_tests::lab::ADMIN_ADDR)?;
+            s.write_all(b"GET /ready HTTP/1.0\r\nHost: admin\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        })
+        .expect("enter underlay")
+        .expect("admin API");
+    assert!(
+        ready.starts_with("HTTP/1.0 200") && ready.ends_with("ready\n"),
+        "{ready}"
+    );
+    // hawser-cni is chained last by its own installer, on every node.
+    for node in &lab.state().nodes {
+        let path = lab.cni_conf_dir(node).join("10-hawser-lab.conflist");
+        let conf: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("conflist")).expect("json");
+        let types: Vec<_> = conf["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .map(|p| p["type"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(types, ["bridge", "hawser-cni"], "{conf}");
+    }
+
+    // Pods outside enrolled namespaces pass hawser-cni untouched.
     let a = lab
         .add_pod("default", "a", "uid-a", "node-1")
         .expect("pod a");
@@ -103,6 +141,7 @@ fn pods_on_two_nodes_reach_each_other_and_down_restores_the_host() {
 
     let lab = guard.0.take().expect("lab");
     lab.down().expect("down");
+    assert!(!sys::alive(cp.pid), "the control plane was stopped");
     assert!(!state_dir.exists());
     assert_eq!(
         host_snapshot(&prefix),

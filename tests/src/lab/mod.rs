@@ -6,11 +6,13 @@
 //! to the host namespace, whose sysctls and routes are never touched):
 //!
 //! ```text
-//!   <name>-ul   underlay: bridge br0, 172.31.255.254/24 (the control plane's address)
+//!   <name>-ul   underlay: bridge br0, 172.31.255.254/24: the control plane
+//!               (gRPC :15012, admin 127.0.0.1:15014), routes to every pod CIDR
 //!     │ veth per node
 //!   <name>-n1   node 1: eth0 172.31.255.1/24, ip_forward=1, cni0 bridge 10.244.1.1/24,
 //!     │           routes to the other nodes' pod CIDRs via their underlay address
-//!   <name>-p*   pods: eth0 from the node's CNI chain (bridge + host-local), lo (loopback)
+//!   <name>-p*   pods: eth0 from the node's CNI chain (bridge + host-local, then
+//!               hawser-cni chained by its own installer), lo (loopback plugin)
 //! ```
 //!
 //! Every resource is recorded in `<state-dir>/lab.json` before it is created,
@@ -94,6 +96,8 @@ pub struct LabConfig {
     pub state_dir: PathBuf,
     /// Where the standard CNI plugins are (Debian: `/usr/lib/cni`).
     pub cni_bin_dir: PathBuf,
+    /// Where Hawser's binaries are (`hawser-cni`, `hawser-control-plane`).
+    pub bin_dir: PathBuf,
 }
 
 impl LabConfig {
@@ -104,7 +108,20 @@ impl LabConfig {
             nodes,
             state_dir: state_dir.into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+            bin_dir: default_bin_dir(),
         }
+    }
+}
+
+/// Hawser's binaries sit next to the running executable (`target/<profile>/`),
+/// or one level up when that is a test binary in `deps/`.
+fn default_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
     }
 }
 
@@ -174,6 +191,8 @@ pub struct LabState {
 
 /// Address of the control plane on the underlay.
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 254);
+/// The control plane's admin API, inside the underlay namespace only.
+pub const ADMIN_ADDR: &str = "127.0.0.1:15014";
 
 /// A lab, up or being brought up.
 #[derive(Debug)]
@@ -309,6 +328,18 @@ impl Lab {
             sys::netns_sysctl(n, "net.ipv4.ip_forward", "1")?;
             self.write_cni_config(&node)?;
         }
+        // The underlay reaches every pod CIDR (the control plane and DNS live there).
+        for node in &self.state.nodes {
+            sys::ip([
+                "-n",
+                &ul,
+                "route",
+                "add",
+                &node.pod_cidr,
+                "via",
+                &node.underlay_ip.to_string(),
+            ])?;
+        }
         // Native routing between pod CIDRs over the underlay.
         for node in &self.state.nodes {
             for other in self.state.nodes.iter().filter(|o| o.name != node.name) {
@@ -323,7 +354,128 @@ impl Lab {
                 ])?;
             }
         }
-        self.save()
+        self.save()?;
+        let nodes = self.state.nodes.clone();
+        for node in &nodes {
+            self.install_hawser_cni(node)?;
+        }
+        self.start_control_plane(&ul)
+    }
+
+    /// Node-local paths: CNI binaries, the node proxy's run dir and socket.
+    pub fn node_dir(&self, node: &Node) -> PathBuf {
+        self.config.state_dir.join("nodes").join(&node.name)
+    }
+
+    /// Chains `hawser-cni` last in the node's conflist with its real installer,
+    /// as the DaemonSet's install container does on a cluster.
+    fn install_hawser_cni(&self, node: &Node) -> Result<(), LabError> {
+        let bin = self.config.bin_dir.join("hawser-cni");
+        if !bin.is_file() {
+            return Err(LabError::Missing(format!(
+                "{} (build it: cargo build -p hawser-cni)",
+                bin.display()
+            )));
+        }
+        let dir = self.node_dir(node);
+        let logs = self.config.state_dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| LabError::io(&logs, e))?;
+        let arg = |p: PathBuf| p.display().to_string();
+        sys::run(
+            &bin.display().to_string(),
+            [
+                "install".to_owned(),
+                "--cni-bin-dir".into(),
+                arg(dir.join("bin")),
+                "--cni-conf-dir".into(),
+                arg(self.cni_conf_dir(node)),
+                "--socket-path".into(),
+                arg(dir.join("run").join("cni.sock")),
+                "--run-dir".into(),
+                arg(dir.join("run")),
+                "--log-file".into(),
+                arg(logs.join(format!("{}-cni.log", node.name))),
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Starts the control plane in the underlay namespace, serving the lab's
+    /// manifest directory, and waits until it answers.
+    fn start_control_plane(&mut self, ul: &str) -> Result<(), LabError> {
+        let bin = self.config.bin_dir.join("hawser-control-plane");
+        if !bin.is_file() {
+            return Err(LabError::Missing(format!(
+                "{} (build it: cargo build -p hawser-control-plane)",
+                bin.display()
+            )));
+        }
+        let dir = self.config.state_dir.clone();
+        let manifests = self.manifests_dir();
+        let tokens = dir.join("bootstrap-tokens");
+        for d in [&manifests, &tokens] {
+            std::fs::create_dir_all(d).map_err(|e| LabError::io(d, e))?;
+        }
+        for node in &self.state.nodes {
+            let token = format!("{:032x}", rand::random::<u128>());
+            let path = tokens.join(&node.name);
+            std::fs::write(&path, &token).map_err(|e| LabError::io(&path, e))?;
+            let node_side = self.node_dir(node).join("bootstrap-token");
+            std::fs::write(&node_side, &token).map_err(|e| LabError::io(&node_side, e))?;
+        }
+        let arg = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--manifests".to_owned(),
+            arg(&manifests),
+            "--ca-dir".into(),
+            arg(&dir.join("ca")),
+            "--bootstrap-token-dir".into(),
+            arg(&tokens),
+            "--grpc-addr".into(),
+            format!("{CONTROL_PLANE_IP}:15012"),
+            "--admin-addr".into(),
+            ADMIN_ADDR.into(),
+        ];
+        let process = self.spawn("control-plane", ul, &bin, &args, &[])?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let ready = sys::in_netns(ul, || std::net::TcpStream::connect(ADMIN_ADDR).is_ok())?;
+            if ready {
+                return Ok(());
+            }
+            if !sys::alive(process.pid) || std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+                return Err(LabError::Command {
+                    command: "hawser-control-plane".into(),
+                    output: format!("did not become ready; its log:\n{log}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The manifest directory the control plane serves (what `lab apply` writes).
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.config.state_dir.join("manifests")
+    }
+
+    /// The trust bundle node proxies verify with.
+    pub fn trust_bundle(&self) -> PathBuf {
+        self.config.state_dir.join("ca").join("trust-bundle.pem")
+    }
+
+    /// Runs `f` in the underlay namespace (where the control plane's admin API
+    /// listens on [`ADMIN_ADDR`]).
+    pub fn in_underlay<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, LabError> {
+        let ul = self
+            .state
+            .underlay
+            .clone()
+            .ok_or_else(|| LabError::NotUp(self.config.state_dir.clone()))?;
+        sys::in_netns(&ul, f)
     }
 
     /// The node's CNI configuration directory (`/etc/cni/net.d` of that node).
@@ -490,7 +642,10 @@ impl Lab {
     fn conflist(&self, node: &Node) -> Result<cni::ConfList, LabError> {
         cni::ConfList::load(
             &self.conflist_path(node),
-            vec![self.config.cni_bin_dir.clone()],
+            vec![
+                self.config.cni_bin_dir.clone(),
+                self.node_dir(node).join("bin"),
+            ],
         )
     }
 
