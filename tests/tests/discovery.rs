@@ -178,3 +178,89 @@ async fn manifest_edits_reach_the_node_within_a_second() {
     stop.send(true).expect("stop");
     task.await.expect("client task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_node_resumes_with_a_delta() {
+    use hawser_api::proto::discovery::discovery_client::DiscoveryClient as Raw;
+    use hawser_api::proto::discovery::{
+        DiscoveryRequest, Subscribe, discovery_request, discovery_response,
+    };
+
+    hawser_api::tls::install_crypto_provider();
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let file = manifests.path().join("mesh.yaml");
+    write(
+        &file,
+        &format!("{NAMESPACE}---\n{POD}---\n{}", service("80")),
+    );
+    let cp = LocalControlPlane::with_manifests(manifests.path())
+        .await
+        .expect("control plane");
+    let token = cp.add_node("node-1", "t1").expect("node token");
+    let node = cp.node_client("node-1", token).await.expect("bootstrap");
+
+    // Opens a stream resuming from `from` and returns its first message.
+    let first = |from: u64| {
+        let channel = node.channel();
+        async move {
+            let subscribe = DiscoveryRequest {
+                kind: Some(discovery_request::Kind::Subscribe(Subscribe {
+                    node_name: "node-1".into(),
+                    resume_from_version: from,
+                })),
+            };
+            let mut stream = Raw::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .stream(tokio_stream::iter([subscribe]))
+                .await
+                .expect("stream")
+                .into_inner();
+            stream
+                .message()
+                .await
+                .expect("message")
+                .expect("first message")
+                .kind
+        }
+    };
+    let wait_version = |min: u64| {
+        let mut v = cp.index.subscribe();
+        async move {
+            tokio::time::timeout(Duration::from_secs(2), v.wait_for(|v| *v >= min))
+                .await
+                .expect("index converges")
+                .map(|v| *v)
+                .expect("index alive")
+        }
+    };
+    let v1 = wait_version(1).await;
+    let Some(discovery_response::Kind::Snapshot(snapshot)) = first(0).await else {
+        panic!("a new node gets a snapshot");
+    };
+    assert_eq!(snapshot.version, v1);
+
+    write(
+        &file,
+        &format!("{NAMESPACE}---\n{POD}---\n{}", service("81")),
+    );
+    let v2 = wait_version(v1 + 1).await;
+    match first(v1).await {
+        Some(discovery_response::Kind::Delta(d)) => {
+            assert_eq!((d.from_version, d.version), (v1, v2));
+            let names: Vec<_> = d
+                .upserted
+                .iter()
+                .filter_map(|r| r.name.as_ref())
+                .map(|n| n.name.as_str())
+                .collect();
+            assert_eq!(names, ["demo/web"], "only what changed is sent");
+            assert!(d.removed.is_empty());
+        }
+        other => panic!("a resuming node gets a delta, got {other:?}"),
+    }
+    // A version from the future (the control plane restarted) gets a snapshot.
+    assert!(matches!(
+        first(v2 + 1000).await,
+        Some(discovery_response::Kind::Snapshot(_))
+    ));
+}
