@@ -47,7 +47,7 @@ pub async fn identity(out: &Path) -> anyhow::Result<()> {
         println!(
             "issued {} (expires in {} h, renewed at half-life)",
             svid.id(),
-            expires.as_secs() / 3600
+            (expires.as_secs() + 1800) / 3600
         );
     }
     match certs.fetch(&pod("db-1")).await {
