@@ -17,6 +17,15 @@ pub enum LabCmd {
         #[arg(long, default_value_t = 2)]
         nodes: usize,
     },
+    /// Apply manifests (a file or a directory): Namespaces, Services,
+    /// Deployments and Pods (created on nodes as kubelet would), HTTPRoutes,
+    /// GRPCRoutes, AuthorizationPolicies. Invalid documents are reported and
+    /// skipped; the rest applies.
+    Apply {
+        /// File or directory.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+    },
     /// Remove everything the lab made (safe to run twice).
     Down,
     /// Nodes, pods, processes and where things are.
@@ -65,6 +74,21 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
             print_status(&lab);
             println!("\nnext: hawser lab status; hawser lab down removes it all");
             Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Apply { path } => {
+            let mut lab = Lab::load(&config(0))?;
+            let report = lab.apply(&path)?;
+            for line in &report.applied {
+                println!("{line}");
+            }
+            for e in &report.errors {
+                eprintln!("invalid: {e}");
+            }
+            Ok(if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         LabCmd::Down => match Lab::load(&config(0)) {
             Ok(lab) => {

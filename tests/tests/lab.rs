@@ -203,3 +203,135 @@ fn failed_pod_creation_leaves_nothing_behind() {
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(sys::netns_with_prefix(&prefix).len(), 4);
 }
+
+const APP: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo
+  namespace: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: echo
+  template:
+    metadata:
+      labels:
+        app: echo
+    spec:
+      containers:
+      - name: echo
+        image: hawser/echo
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: shop
+spec:
+  selector:
+    app: echo
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: broken
+  namespace: shop
+spec:
+  ports:
+  - port: 99999
+";
+
+/// One HTTP/1.0 GET from inside `netns`; returns the response text.
+fn http_get(netns: &str, addr: std::net::SocketAddr) -> String {
+    sys::in_netns(netns, move || {
+        let mut s = TcpStream::connect(addr)?;
+        s.write_all(b"GET /hello HTTP/1.0\r\nHost: echo\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok::<_, std::io::Error>(out)
+    })
+    .expect("enter netns")
+    .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+#[test]
+fn apply_runs_pods_and_reports_bad_documents() {
+    let (cfg, dir) = config("d");
+    let mut guard = Guard(Some(Lab::up(cfg).expect("up")));
+    let lab = guard.0.as_mut().expect("lab");
+    let file = dir.path().join("app.yaml");
+    std::fs::write(&file, APP).expect("write manifests");
+
+    let report = lab.apply(&file).expect("apply");
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(
+        report.errors[0].contains("document 4"),
+        "{:?}",
+        report.errors
+    );
+    assert!(
+        report.errors[0].contains("spec.ports[0].port"),
+        "{:?}",
+        report.errors
+    );
+
+    // Two replicas, scheduled round-robin, each running the echo backend.
+    let pods: Vec<_> = lab
+        .state()
+        .pods
+        .iter()
+        .filter(|p| p.namespace == "shop")
+        .cloned()
+        .collect();
+    assert_eq!(pods.len(), 2, "{:?}", report.applied);
+    assert_ne!(pods[0].node, pods[1].node, "round-robin");
+    let target = std::net::SocketAddr::from((pods[1].ip.expect("ip"), 8080));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        let a = http_get(&pods[0].netns, target);
+        if a.contains("Hostname=") || std::time::Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        answer.contains(&format!("Hostname={}", pods[1].name)),
+        "{answer}"
+    );
+    assert!(answer.contains("URL=/hello"), "{answer}");
+
+    // The control plane sees the Pods as kubelet reports them: node, IP, Ready.
+    let published = std::fs::read_to_string(
+        lab.manifests_dir()
+            .join("pods")
+            .join(format!("shop-{}.yaml", pods[1].name)),
+    )
+    .expect("pod object");
+    assert!(
+        published.contains(&format!("nodeName: {}", pods[1].node)),
+        "{published}"
+    );
+    assert!(
+        published.contains(&format!("podIP: {}", pods[1].ip.expect("ip"))),
+        "{published}"
+    );
+    // The valid Service went to the control plane, the broken one did not.
+    let applied = lab.manifests_dir().join("applied");
+    assert!(applied.join("service-shop-echo.yaml").exists());
+    assert!(!applied.join("service-shop-broken.yaml").exists());
+
+    // Applying again changes nothing.
+    let again = lab.apply(&file).expect("apply again");
+    assert_eq!(lab.state().pods.len(), 2, "{:?}", again.applied);
+}

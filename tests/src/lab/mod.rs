@@ -18,6 +18,7 @@
 //! Every resource is recorded in `<state-dir>/lab.json` before it is created,
 //! so [`Lab::down`] (also after a crash) removes exactly what the lab made.
 
+pub mod apply;
 pub mod cni;
 pub mod sys;
 
