@@ -26,6 +26,13 @@ pub enum LabCmd {
         #[arg(short = 'f', long = "filename")]
         path: PathBuf,
     },
+    /// Delete what manifests (a file or a directory) describe: pods are
+    /// removed as kubelet would (CNI DEL), objects withdrawn.
+    Delete {
+        /// File or directory.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+    },
     /// Remove everything the lab made (safe to run twice).
     Down,
     /// Nodes, pods, processes and where things are.
@@ -77,18 +84,11 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
         }
         LabCmd::Apply { path } => {
             let mut lab = Lab::load(&config(0))?;
-            let report = lab.apply(&path)?;
-            for line in &report.applied {
-                println!("{line}");
-            }
-            for e in &report.errors {
-                eprintln!("invalid: {e}");
-            }
-            Ok(if report.errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(print_report(&lab.apply(&path)?))
+        }
+        LabCmd::Delete { path } => {
+            let mut lab = Lab::load(&config(0))?;
+            Ok(print_report(&lab.delete(&path)?))
         }
         LabCmd::Down => match Lab::load(&config(0)) {
             Ok(lab) => {
@@ -143,6 +143,21 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
                 u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
             ))
         }
+    }
+}
+
+/// Prints what was done and what was refused; fails if anything was refused.
+fn print_report(report: &hawser_tests::lab::apply::ApplyReport) -> ExitCode {
+    for line in &report.applied {
+        println!("{line}");
+    }
+    for e in &report.errors {
+        eprintln!("refused: {e}");
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -334,4 +334,35 @@ fn apply_runs_pods_and_reports_bad_documents() {
     // Applying again changes nothing.
     let again = lab.apply(&file).expect("apply again");
     assert_eq!(lab.state().pods.len(), 2, "{:?}", again.applied);
+
+    // Delete: pods go through CNI DEL, their containers stop, objects are withdrawn.
+    let echo_pids: Vec<u32> = lab
+        .state()
+        .processes
+        .iter()
+        .filter(|p| p.role.starts_with("pod shop/"))
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(echo_pids.len(), 2);
+    let gone = lab.delete(&file).expect("delete");
+    assert!(
+        echo_pids.iter().all(|p| !sys::alive(*p)),
+        "containers stopped"
+    );
+    assert!(lab.state().pods.is_empty(), "{:?}", gone.applied);
+    assert!(!sys::netns_exists(&pods[0].netns));
+    assert!(!applied.join("service-shop-echo.yaml").exists());
+    assert!(
+        !lab.manifests_dir()
+            .join("pods")
+            .join(format!("shop-{}.yaml", pods[0].name))
+            .exists()
+    );
+    // The broken Service was never applied, so deleting it is reported.
+    assert_eq!(gone.errors.len(), 1, "{:?}", gone.errors);
+    assert!(
+        gone.errors[0].contains("Service shop/broken is not in the lab"),
+        "{:?}",
+        gone.errors
+    );
 }

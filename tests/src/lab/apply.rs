@@ -89,10 +89,9 @@ impl Lab {
                     Err(e) => report.errors.push(format!("{where_} (Pod): {e}")),
                 },
                 _ => {
-                    let ns = doc["metadata"]["namespace"].as_str().unwrap_or("_");
-                    let name = doc["metadata"]["name"].as_str().unwrap_or("_");
-                    let target = out_dir.join(format!("{}-{ns}-{name}.yaml", kind.to_lowercase()));
-                    write_yaml(&target, &doc)?;
+                    let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+                    let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                    write_yaml(&out_dir.join(object_file(&kind, ns, name)), &doc)?;
                     report
                         .applied
                         .push(format!("{} {ns}/{name}", kind.to_lowercase()));
@@ -100,6 +99,81 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Deletes what the manifests in `path` describe: Deployments' and Pods'
+    /// pods (stopped, CNI DEL, netns removed, Pod objects withdrawn) and the
+    /// mesh objects. Documents that name nothing the lab holds are reported.
+    pub fn delete(&mut self, path: &Path) -> Result<ApplyReport, LabError> {
+        let mut report = ApplyReport::default();
+        for file in manifest_files(path)? {
+            let text = std::fs::read_to_string(&file).map_err(|e| LabError::io(&file, e))?;
+            for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+                let where_ = format!("{}: document {}", file.display(), i + 1);
+                let Ok(doc) = <Value as serde::Deserialize>::deserialize(doc) else {
+                    report.errors.push(format!("{where_}: invalid YAML"));
+                    break;
+                };
+                let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+                let ns = doc["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_owned();
+                let name = doc["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let pods: Vec<String> = match kind.as_str() {
+                    "Pod" => vec![name.clone()],
+                    "Deployment" => {
+                        let prefix = format!("{name}-");
+                        self.state()
+                            .pods
+                            .iter()
+                            .filter(|p| {
+                                p.namespace == ns
+                                    && p.name
+                                        .strip_prefix(&prefix)
+                                        .is_some_and(|n| n.parse::<usize>().is_ok())
+                            })
+                            .map(|p| p.name.clone())
+                            .collect()
+                    }
+                    _ => {
+                        let target = self
+                            .manifests_dir()
+                            .join("applied")
+                            .join(object_file(&kind, &ns, &name));
+                        match std::fs::remove_file(&target) {
+                            Ok(()) => report
+                                .applied
+                                .push(format!("deleted {} {ns}/{name}", kind.to_lowercase())),
+                            Err(_) => report
+                                .errors
+                                .push(format!("{where_}: {kind} {ns}/{name} is not in the lab")),
+                        }
+                        continue;
+                    }
+                };
+                if pods.is_empty() || pods.iter().any(|p| self.pod(&ns, p).is_none()) {
+                    report
+                        .errors
+                        .push(format!("{where_}: {kind} {ns}/{name} is not in the lab"));
+                    continue;
+                }
+                for pod in pods {
+                    let object = self
+                        .manifests_dir()
+                        .join("pods")
+                        .join(format!("{ns}-{pod}.yaml"));
+                    // Withdraw the object first, as the API server would mark it deleting.
+                    let _ = std::fs::remove_file(&object);
+                    self.delete_pod(&ns, &pod)?;
+                    report.applied.push(format!("deleted pod {ns}/{pod}"));
+                }
+            }
+        }
+        Ok(report)
     }
 
     fn apply_deployment(
@@ -262,6 +336,12 @@ fn pod_object(
         "spec": spec,
         "status": status,
     })
+}
+
+/// The file a mesh object is kept in (one object per file).
+fn object_file(kind: &str, ns: &str, name: &str) -> String {
+    let ns = if kind == "Namespace" { "_" } else { ns };
+    format!("{}-{ns}-{name}.yaml", kind.to_lowercase())
 }
 
 fn write_yaml(path: &Path, doc: &Value) -> Result<(), LabError> {

@@ -615,7 +615,8 @@ impl Lab {
                 reason: "does not exist".into(),
             })?;
         let role = format!("pod {namespace}/{name}");
-        self.stop_processes(|p| p.role == role);
+        let container_prefix = format!("{role} ");
+        self.stop_processes(|p| p.role == role || p.role.starts_with(&container_prefix));
         let result = self.cni_del(&pod);
         sys::netns_del(&pod.netns)?;
         self.state.pods.retain(|p| p.netns != pod.netns);
