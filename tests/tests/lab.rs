@@ -326,6 +326,36 @@ fn apply_runs_pods_and_reports_bad_documents() {
         published.contains(&format!("podIP: {}", pods[1].ip.expect("ip"))),
         "{published}"
     );
+    // The kube-proxy stand-in: the Service's ClusterIP reaches both replicas,
+    // from a pod on either node (including the hairpin to a local endpoint).
+    let vip = lab
+        .state()
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .and_then(|s| s.cluster_ip)
+        .expect("ClusterIP allocated");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let a = http_get(&pods[0].netns, std::net::SocketAddr::from((vip, 80)));
+        if let Some(h) = a.lines().find_map(|l| l.strip_prefix("Hostname=")) {
+            seen.insert(h.to_owned());
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both endpoints answer the VIP: {seen:?}");
+    let published_svc = std::fs::read_to_string(
+        lab.manifests_dir()
+            .join("applied")
+            .join("service-shop-echo.yaml"),
+    )
+    .expect("service object");
+    assert!(
+        published_svc.contains(&format!("clusterIP: {vip}")),
+        "{published_svc}"
+    );
     // The valid Service went to the control plane, the broken one did not.
     let applied = lab.manifests_dir().join("applied");
     assert!(applied.join("service-shop-echo.yaml").exists());
@@ -352,6 +382,9 @@ fn apply_runs_pods_and_reports_bad_documents() {
     assert!(lab.state().pods.is_empty(), "{:?}", gone.applied);
     assert!(!sys::netns_exists(&pods[0].netns));
     assert!(!applied.join("service-shop-echo.yaml").exists());
+    assert!(lab.state().services.is_empty());
+    let rules = lab.kube_proxy_rules();
+    assert!(!rules.contains(&vip.to_string()), "{rules}");
     assert!(
         !lab.manifests_dir()
             .join("pods")

@@ -42,6 +42,7 @@ impl Lab {
             let text = std::fs::read_to_string(&file).map_err(|e| LabError::io(&file, e))?;
             self.apply_file(&file, &text, &mut report)?;
         }
+        self.sync_kube_proxy()?;
         Ok(report)
     }
 
@@ -89,9 +90,43 @@ impl Lab {
                     Err(e) => report.errors.push(format!("{where_} (Pod): {e}")),
                 },
                 _ => {
-                    let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
-                    let name = doc["metadata"]["name"].as_str().unwrap_or_default();
-                    write_yaml(&out_dir.join(object_file(&kind, ns, name)), &doc)?;
+                    let mut doc = doc;
+                    let ns = doc["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("default")
+                        .to_owned();
+                    let name = doc["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if kind == "Service" {
+                        let mut svc = super::kubeproxy::service_of(&doc, &ns, &name);
+                        svc.cluster_ip = match super::kubeproxy::cluster_ip_of(&doc["spec"]) {
+                            Ok(Some(given)) => given,
+                            Ok(None) => match self
+                                .state()
+                                .services
+                                .iter()
+                                .find(|s| s.namespace == ns && s.name == name)
+                                .and_then(|s| s.cluster_ip)
+                            {
+                                Some(ip) => Some(ip),
+                                None => Some(self.allocate_cluster_ip()?),
+                            },
+                            Err(reason) => {
+                                report
+                                    .errors
+                                    .push(format!("{where_} (Service {ns}/{name}): {reason}"));
+                                continue;
+                            }
+                        };
+                        // As the API server does: the allocated ClusterIP is part of the object.
+                        if let Some(ip) = svc.cluster_ip {
+                            doc["spec"]["clusterIP"] = json!(ip.to_string());
+                        }
+                        self.upsert_service(svc)?;
+                    }
+                    write_yaml(&out_dir.join(object_file(&kind, &ns, &name)), &doc)?;
                     report
                         .applied
                         .push(format!("{} {ns}/{name}", kind.to_lowercase()));
@@ -144,6 +179,12 @@ impl Lab {
                             .manifests_dir()
                             .join("applied")
                             .join(object_file(&kind, &ns, &name));
+                        if kind == "Service" {
+                            self.state_mut()
+                                .services
+                                .retain(|s| !(s.namespace == ns && s.name == name));
+                            self.save()?;
+                        }
                         match std::fs::remove_file(&target) {
                             Ok(()) => report
                                 .applied
@@ -173,6 +214,7 @@ impl Lab {
                 }
             }
         }
+        self.sync_kube_proxy()?;
         Ok(report)
     }
 
@@ -253,6 +295,23 @@ impl Lab {
             }
         };
         let ip = pod.ip.map(|i| i.to_string());
+        let ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+            .collect();
+        let labels = meta.labels.clone().unwrap_or_default();
+        if let Some(p) = self
+            .state_mut()
+            .pods
+            .iter_mut()
+            .find(|p| p.netns == pod.netns)
+        {
+            p.labels = labels;
+            p.ports = ports;
+        }
+        self.save()?;
         self.start_containers(ns, name, meta, spec, &pod.netns)?;
         object = pod_object(ns, name, &uid, meta, spec, &node, ip.as_deref());
         write_yaml(&path, &object)?;

@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod cni;
+pub mod kubeproxy;
 pub mod sys;
 
 use std::net::Ipv4Addr;
@@ -160,6 +161,27 @@ pub struct Pod {
     pub ip: Option<Ipv4Addr>,
     /// The cached CNI ADD result (for DEL).
     pub cni_result: Value,
+    /// Its labels (what Service selectors match).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its container ports by name (for named target ports).
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u16>,
+}
+
+/// A Service as the lab's kube-proxy stand-in sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabService {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its ClusterIP (None: headless).
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// Pod label selector (None: endpoints managed elsewhere).
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+    /// `(port, target port number or name)`.
+    pub ports: Vec<(u16, String)>,
 }
 
 /// A background process the lab started.
@@ -188,6 +210,9 @@ pub struct LabState {
     pub processes: Vec<Process>,
     /// Counter for pod namespace names.
     pub next_pod: u32,
+    /// Services applied to the lab.
+    #[serde(default)]
+    pub services: Vec<LabService>,
 }
 
 /// Address of the control plane on the underlay.
@@ -261,7 +286,11 @@ impl Lab {
         &self.config
     }
 
-    fn save(&self) -> Result<(), LabError> {
+    pub(crate) fn state_mut(&mut self) -> &mut LabState {
+        &mut self.state
+    }
+
+    pub(crate) fn save(&self) -> Result<(), LabError> {
         let path = self.config.state_dir.join("lab.json");
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&self.state).map_err(|e| LabError::Invalid {
@@ -360,6 +389,7 @@ impl Lab {
         for node in &nodes {
             self.install_hawser_cni(node)?;
         }
+        self.sync_kube_proxy()?;
         self.start_control_plane(&ul)
     }
 
@@ -559,6 +589,8 @@ impl Lab {
             container_id: format!("hawserlab{:08}", self.state.next_pod),
             ip: None,
             cni_result: Value::Null,
+            labels: Default::default(),
+            ports: Default::default(),
         };
         self.state.pods.push(pod.clone());
         self.save()?;
