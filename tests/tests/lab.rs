@@ -356,6 +356,20 @@ fn apply_runs_pods_and_reports_bad_documents() {
         published_svc.contains(&format!("clusterIP: {vip}")),
         "{published_svc}"
     );
+    // Cluster DNS through the pod's resolv.conf and search path, as CoreDNS answers.
+    for name in ["echo", "echo.shop", "echo.shop.svc.cluster.local"] {
+        let out = lab
+            .exec("shop", &pods[0].name, "getent", &["hosts", name])
+            .expect("getent");
+        assert!(out.starts_with(&format!("{vip} ")), "{name}: {out}");
+    }
+    let err = lab
+        .exec("shop", &pods[0].name, "getent", &["hosts", "nope"])
+        .unwrap_err();
+    assert!(
+        matches!(err, LabError::Command { .. }),
+        "unknown names do not resolve: {err}"
+    );
     // The valid Service went to the control plane, the broken one did not.
     let applied = lab.manifests_dir().join("applied");
     assert!(applied.join("service-shop-echo.yaml").exists());

@@ -99,8 +99,47 @@ impl Lab {
         out
     }
 
-    /// Replaces the table in every node namespace with the current rules.
+    /// The cluster DNS records for the current Services: the ClusterIP, or a
+    /// headless Service's pod IPs.
+    pub fn dns_records(&self) -> super::dns::Records {
+        let mut records = super::dns::Records::new();
+        for svc in &self.state().services {
+            let fqdn = format!(
+                "{}.{}.svc.{}",
+                svc.name,
+                svc.namespace,
+                super::dns::CLUSTER_DOMAIN
+            );
+            let ips = match (svc.cluster_ip, &svc.selector) {
+                (Some(ip), _) => vec![ip],
+                (None, Some(selector)) => self
+                    .state()
+                    .pods
+                    .iter()
+                    .filter(|p| p.namespace == svc.namespace)
+                    .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                    .filter_map(|p| p.ip)
+                    .collect(),
+                (None, None) => Vec::new(),
+            };
+            records.insert(fqdn.to_ascii_lowercase(), ips);
+        }
+        records
+    }
+
+    /// Where the DNS server reads its records.
+    pub fn dns_records_file(&self) -> std::path::PathBuf {
+        self.config().state_dir.join("dns-records.json")
+    }
+
+    /// Brings the kube-proxy tables in every node namespace and the DNS
+    /// records up to date with the current Services and pods.
     pub fn sync_kube_proxy(&self) -> Result<(), LabError> {
+        let file = self.dns_records_file();
+        let tmp = file.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(&self.dns_records()).unwrap_or_default();
+        std::fs::write(&tmp, json).map_err(|e| LabError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &file).map_err(|e| LabError::io(&file, e))?;
         let rules = self.kube_proxy_rules();
         for node in &self.state().nodes {
             // Delete and recreate in one transaction: never a half-written table.

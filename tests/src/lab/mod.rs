@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod cni;
+pub mod dns;
 pub mod kubeproxy;
 pub mod sys;
 
@@ -210,6 +211,7 @@ pub struct LabState {
     pub processes: Vec<Process>,
     /// Counter for pod namespace names.
     pub next_pod: u32,
+
     /// Services applied to the lab.
     #[serde(default)]
     pub services: Vec<LabService>,
@@ -390,7 +392,58 @@ impl Lab {
             self.install_hawser_cni(node)?;
         }
         self.sync_kube_proxy()?;
-        self.start_control_plane(&ul)
+        self.start_control_plane(&ul)?;
+        self.start_dns(&ul)
+    }
+
+    /// Starts the cluster DNS server in the underlay namespace.
+    fn start_dns(&mut self, ul: &str) -> Result<(), LabError> {
+        let bin = self.config.bin_dir.join("hawser-lab-dns");
+        if !bin.is_file() {
+            return Err(LabError::Missing(format!(
+                "{} (build it: cargo build -p hawser-tests)",
+                bin.display()
+            )));
+        }
+        let args = vec![
+            "--listen".to_owned(),
+            format!("{CONTROL_PLANE_IP}:53"),
+            "--records".into(),
+            self.dns_records_file().display().to_string(),
+        ];
+        let process = self.spawn("dns", ul, &bin, &args, &[])?;
+        std::thread::sleep(Duration::from_millis(100));
+        if !sys::alive(process.pid) {
+            let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+            return Err(LabError::Command {
+                command: "hawser-lab-dns".into(),
+                output: format!("exited at start: {log}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The pod's `resolv.conf`, which `ip netns exec` mounts over
+    /// `/etc/resolv.conf` for every command run in the pod.
+    fn resolv_conf_dir(netns: &str) -> PathBuf {
+        Path::new("/etc/netns").join(netns)
+    }
+
+    fn write_resolv_conf(&self, pod_netns: &str, namespace: &str) -> Result<(), LabError> {
+        let etc = Path::new("/etc/netns");
+        std::fs::create_dir_all(etc).map_err(|e| LabError::io(etc, e))?;
+        let dir = Self::resolv_conf_dir(pod_netns);
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        let d = dns::CLUSTER_DOMAIN;
+        let text = format!(
+            "nameserver {CONTROL_PLANE_IP}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n"
+        );
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))
+    }
+
+    fn remove_resolv_conf(pod_netns: &str) {
+        let _ = std::fs::remove_dir_all(Self::resolv_conf_dir(pod_netns));
     }
 
     /// Node-local paths: CNI binaries, the node proxy's run dir and socket.
@@ -596,6 +649,7 @@ impl Lab {
         self.save()?;
         let result = (|| {
             sys::netns_add(&pod.netns)?;
+            self.write_resolv_conf(&pod.netns, namespace)?;
             let args = cni_args(&pod);
             let netns_path = Path::new("/run/netns").join(&pod.netns);
             let attachment = |ifname| cni::Attachment {
@@ -620,6 +674,7 @@ impl Lab {
                 Ok(pod)
             }
             Err(e) => {
+                Self::remove_resolv_conf(&pod.netns);
                 let _ = sys::netns_del(&pod.netns);
                 self.state.pods.retain(|p| p.netns != pod.netns);
                 self.save()?;
@@ -651,6 +706,7 @@ impl Lab {
         self.stop_processes(|p| p.role == role || p.role.starts_with(&container_prefix));
         let result = self.cni_del(&pod);
         sys::netns_del(&pod.netns)?;
+        Self::remove_resolv_conf(&pod.netns);
         self.state.pods.retain(|p| p.netns != pod.netns);
         self.save()?;
         result
@@ -758,6 +814,7 @@ impl Lab {
                 first_error.get_or_insert(e);
             }
             sys::netns_del(&pod.netns)?;
+            Self::remove_resolv_conf(&pod.netns);
         }
         for node in std::mem::take(&mut self.state.nodes).into_iter().rev() {
             sys::netns_del(&node.netns)?;
@@ -767,7 +824,13 @@ impl Lab {
         }
         for ns in sys::netns_with_prefix(&format!("{}-", self.config.name)) {
             sys::netns_del(&ns)?;
+            Self::remove_resolv_conf(&ns);
         }
+        // /etc/netns holds only per-namespace overrides; once empty (every lab
+        // gone, nothing of anyone else's there) it goes, so the host is left as
+        // it was. Concurrent labs may have created it, so the flag alone is not
+        // enough.
+        let _ = std::fs::remove_dir(Path::new("/etc/netns"));
         first_error.map_or(Ok(()), Err)
     }
 
