@@ -76,8 +76,9 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
                 "bringing up a {nodes}-node lab in {}",
                 opts.state_dir.display()
             );
-            let lab = Lab::up(config(nodes))
-                .context("lab up failed (everything it created was removed)")?;
+            let mut cfg = config(nodes);
+            cfg.progress = Some(|step| println!("  {step}"));
+            let lab = Lab::up(cfg).context("lab up failed (everything it created was removed)")?;
             print_status(&lab);
             println!("\nnext: hawser lab status; hawser lab down removes it all");
             Ok(ExitCode::SUCCESS)

@@ -101,6 +101,8 @@ pub struct LabConfig {
     pub cni_bin_dir: PathBuf,
     /// Where Hawser's binaries are (`hawser-cni`, `hawser-control-plane`).
     pub bin_dir: PathBuf,
+    /// Called with one line per step of `up` (the CLI prints them).
+    pub progress: Option<fn(&str)>,
 }
 
 impl LabConfig {
@@ -112,6 +114,7 @@ impl LabConfig {
             state_dir: state_dir.into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
             bin_dir: default_bin_dir(),
+            progress: None,
         }
     }
 }
@@ -236,6 +239,9 @@ impl Lab {
     pub fn up(config: LabConfig) -> Result<Self, LabError> {
         preflight(&config)?;
         if let Ok(stale) = Self::load(&config) {
+            if let Some(progress) = config.progress {
+                progress("removing a stale lab first");
+            }
             stale.down()?;
         }
         // Namespaces of a crashed lab that never saved its state.
@@ -303,8 +309,17 @@ impl Lab {
         std::fs::rename(&tmp, &path).map_err(|e| LabError::io(&path, e))
     }
 
+    fn step(&self, what: &str) {
+        if let Some(progress) = self.config.progress {
+            progress(what);
+        }
+    }
+
     fn build(&mut self) -> Result<(), LabError> {
         let ul = format!("{}-ul", self.config.name);
+        self.step(&format!(
+            "underlay: namespace {ul}, bridge br0 {CONTROL_PLANE_IP}/24"
+        ));
         self.state.underlay = Some(ul.clone());
         self.save()?;
         sys::netns_add(&ul)?;
@@ -322,6 +337,9 @@ impl Lab {
         sys::ip(["-n", &ul, "link", "set", "br0", "up"])?;
 
         for i in 1..=self.config.nodes {
+            self.step(&format!(
+                "node-{i}: namespace, veth to the underlay, ip_forward, CNI config"
+            ));
             let index =
                 u8::try_from(i)
                     .ok()
@@ -389,10 +407,19 @@ impl Lab {
         self.save()?;
         let nodes = self.state.nodes.clone();
         for node in &nodes {
+            self.step(&format!(
+                "{}: hawser-cni chained by its installer",
+                node.name
+            ));
             self.install_hawser_cni(node)?;
         }
+        self.step("kube-proxy stand-in tables on every node");
         self.sync_kube_proxy()?;
+        self.step(&format!(
+            "control plane on {CONTROL_PLANE_IP}:15012 (waiting until ready)"
+        ));
         self.start_control_plane(&ul)?;
+        self.step(&format!("cluster DNS on {CONTROL_PLANE_IP}:53"));
         self.start_dns(&ul)
     }
 
