@@ -5,6 +5,8 @@
 //! - [`authz`]: L4 authorization of inbound connections (AuthorizationPolicy).
 //! - [`discovery`]: the mesh configuration streamed from the control plane,
 //!   validated before use, ACKed or NACKed, kept while the control plane is away.
+//! - [`outbound`]: where a captured connection goes (Service VIP → endpoint by
+//!   power of two choices; HBONE to enrolled pods, plain TCP otherwise).
 //! - [`tunnel`]: HBONE, HTTP/2 CONNECT over mTLS between node proxies.
 //! - [`inpod`]: the CNI plugin's requests and the listeners opened inside
 //!   each enrolled pod's network namespace (15001, 15006, 15008).
@@ -16,4 +18,5 @@ pub mod authz;
 pub mod discovery;
 pub mod identity;
 pub mod inpod;
+pub mod outbound;
 pub mod tunnel;

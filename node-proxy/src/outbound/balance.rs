@@ -1,0 +1,65 @@
+//! Endpoint choice: power of two choices over connections in flight, which
+//! keeps load even without global state and avoids herding onto one endpoint
+//! the way "least connections" does when many proxies decide at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::Endpoint;
+
+/// Counts connections in flight per endpoint address.
+#[derive(Debug, Default)]
+pub struct Balancer {
+    load: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+}
+
+/// One connection counted against an endpoint; uncounted when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Balancer {
+    fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+        self.load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    /// Connections in flight to `addr`.
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.counter(addr).load(Ordering::Relaxed)
+    }
+
+    /// Picks one of `endpoints`: two at random, the less loaded of them.
+    pub fn pick(&self, endpoints: &[Endpoint]) -> Option<(Endpoint, InFlight)> {
+        let chosen = match endpoints.len() {
+            0 => return None,
+            1 => &endpoints[0],
+            n => {
+                let a = rand::random_range(0..n);
+                // A second, different index.
+                let b = (a + 1 + rand::random_range(0..n - 1)) % n;
+                let (ea, eb) = (&endpoints[a], &endpoints[b]);
+                if self.in_flight(eb.addr) < self.in_flight(ea.addr) {
+                    eb
+                } else {
+                    ea
+                }
+            }
+        };
+        let counter = self.counter(chosen.addr);
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some((chosen.clone(), InFlight(counter)))
+    }
+}
