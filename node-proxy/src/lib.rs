@@ -5,6 +5,8 @@
 //! - [`authz`]: L4 authorization of inbound connections (AuthorizationPolicy).
 //! - [`discovery`]: the mesh configuration streamed from the control plane,
 //!   validated before use, ACKed or NACKed, kept while the control plane is away.
+//! - [`inbound`]: the destination side of HBONE (target check, L4 policy, connect
+//!   to the app inside the pod's namespace).
 //! - [`outbound`]: where a captured connection goes (Service VIP → endpoint by
 //!   power of two choices; HBONE to enrolled pods, plain TCP otherwise).
 //! - [`tunnel`]: HBONE, HTTP/2 CONNECT over mTLS between node proxies.
@@ -17,6 +19,7 @@
 pub mod authz;
 pub mod discovery;
 pub mod identity;
+pub mod inbound;
 pub mod inpod;
 pub mod outbound;
 pub mod tunnel;
