@@ -1,5 +1,5 @@
-//! Inbound: the destination side of HBONE. For each CONNECT arriving on a
-//! pod's 15008 (after mTLS verified the peer), check that the target is this
+//! Inbound: the destination side of HBONE (and the 15006 plaintext path).
+//! For each CONNECT arriving on a pod's 15008 (after mTLS verified the peer), check that the target is this
 //! pod, evaluate the pod's AuthorizationPolicies at L4, and connect to the app
 //! inside the pod's network namespace with the bypass mark. Denials are
 //! logged with their reason and counted.
@@ -85,15 +85,21 @@ impl PodInbound {
             })
             .collect()
     }
-}
 
-#[async_trait]
-impl HboneHandler for PodInbound {
-    type Upstream = TcpStream;
-
-    async fn connect(
+    /// A plaintext connection captured on 15006 (from outside the mesh): no
+    /// peer identity, so it is allowed unless a policy requires one (or
+    /// otherwise denies it), then connected like an HBONE stream.
+    pub async fn admit_plaintext(
         &self,
-        peer: &SpiffeId,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<TcpStream, Refusal> {
+        self.admit(None, peer_addr, target).await
+    }
+
+    async fn admit(
+        &self,
+        peer: Option<&SpiffeId>,
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> Result<TcpStream, Refusal> {
@@ -111,17 +117,18 @@ impl HboneHandler for PodInbound {
         let eval = authz::evaluate(
             &refs,
             &Connection {
-                peer: Some(peer),
+                peer,
                 peer_ip: peer_addr.ip(),
                 port: target.port(),
             },
         );
+        let who = peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
         for audit in &eval.audit_denials {
-            tracing::info!(pod = %self.uid, %peer, %target, reason = %audit, "audit: would deny");
+            tracing::info!(pod = %self.uid, peer = %who, %target, reason = %audit, "audit: would deny");
         }
         if let Decision::Deny { reason } = eval.decision {
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(pod = %self.uid, %peer, %peer_addr, %target, %reason, "connection denied");
+            tracing::info!(pod = %self.uid, peer = %who, %peer_addr, %target, %reason, "connection denied");
             return Err(Refusal::Denied(reason));
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
@@ -129,5 +136,19 @@ impl HboneHandler for PodInbound {
             .connect_tcp(target, PROXY_MARK)
             .await
             .map_err(|e| Refusal::Unreachable(format!("{target}: {e}")))
+    }
+}
+
+#[async_trait]
+impl HboneHandler for PodInbound {
+    type Upstream = TcpStream;
+
+    async fn connect(
+        &self,
+        peer: &SpiffeId,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<TcpStream, Refusal> {
+        self.admit(Some(peer), peer_addr, target).await
     }
 }

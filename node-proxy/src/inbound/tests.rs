@@ -132,3 +132,57 @@ async fn admits_connects_to_the_app_and_applies_policy_changes_at_once() {
         other => panic!("expected unreachable, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn plaintext_is_allowed_unless_a_policy_needs_an_identity() {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("app");
+    let target = app.local_addr().expect("addr");
+    tokio::spawn(async move { while app.accept().await.is_ok() {} });
+    let allow_api = AuthorizationPolicy {
+        namespace: "shop".into(),
+        name: "allow-api".into(),
+        action: AuthorizationAction::Allow as i32,
+        mode: 0,
+        rules: vec![AuthorizationRule {
+            from: vec![Source {
+                service_account: "api".into(),
+                namespace: "shop".into(),
+                ..Default::default()
+            }],
+            to: None,
+        }],
+    };
+    let mut allow_block = allow_api.clone();
+    allow_block.name = "allow-nodes".into();
+    allow_block.rules[0].from = vec![Source {
+        ip_block: "10.244.1.0/24".into(),
+        ..Default::default()
+    }];
+    let (tx, rx) = watch::channel(config(vec![]));
+    let inbound = PodInbound::new(
+        "uid-api",
+        vec!["127.0.0.1".parse().expect("ip")],
+        NetnsHandle::current().expect("netns"),
+        rx,
+    );
+    let outside: SocketAddr = "10.244.1.7:5000".parse().expect("addr");
+    assert!(
+        inbound.admit_plaintext(outside, target).await.is_ok(),
+        "no policy: allowed"
+    );
+    tx.send_replace(config(vec![allow_api.clone()]));
+    assert!(
+        matches!(
+            inbound.admit_plaintext(outside, target).await,
+            Err(Refusal::Denied(_))
+        ),
+        "an identity allow-list refuses plaintext"
+    );
+    tx.send_replace(config(vec![allow_api, allow_block]));
+    assert!(
+        inbound.admit_plaintext(outside, target).await.is_ok(),
+        "an ipBlock admits it"
+    );
+}
