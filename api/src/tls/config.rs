@@ -59,8 +59,13 @@ impl CertSlot {
             .clone()
     }
 
+    /// Only the rustls key, for every handshake (no copy of the SVID).
     fn key(&self) -> Option<Arc<CertifiedKey>> {
-        self.get().map(|s| s.certified_key())
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Svid::certified_key)
     }
 }
 
@@ -88,7 +93,10 @@ impl ResolvesClientCert for CertSlot {
     }
 
     fn has_certs(&self) -> bool {
-        self.get().is_some()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 }
 

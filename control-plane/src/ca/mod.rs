@@ -62,6 +62,9 @@ pub enum CaError {
     /// The signing CA expires before a leaf could be useful.
     #[error("the signing CA certificate has expired or expires within a minute")]
     IssuerExpired,
+    /// The certificate just issued does not load with its key (a CA bug).
+    #[error("the issued certificate is unusable: {0}")]
+    Unusable(String),
     /// rcgen failed to build or sign the certificate.
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
@@ -180,7 +183,7 @@ impl Ca {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let issued = self.sign(&key, id)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Svid::new(issued.chain, der).map_err(|e| CaError::BadCsr(e.to_string()))
+        Svid::new(issued.chain, der).map_err(|e| CaError::Unusable(e.to_string()))
     }
 
     fn sign(&self, key: &impl rcgen::PublicKeyData, id: &SpiffeId) -> Result<Issued, CaError> {

@@ -63,8 +63,9 @@ impl PodInbound {
         self.stats.clone()
     }
 
-    /// The policies that apply to this pod now.
-    fn policies(&self, config: &NodeConfig) -> Vec<AuthorizationPolicy> {
+    /// The policies that apply to this pod in `config` (borrowed, not copied:
+    /// this runs for every connection).
+    fn policies<'c>(&self, config: &'c NodeConfig) -> Vec<&'c AuthorizationPolicy> {
         let Some(Kind::Workload(w)) = config
             .get(ResourceType::Workload, &self.uid)
             .and_then(|r| r.kind.as_ref())
@@ -79,7 +80,7 @@ impl PodInbound {
                     .kind
                     .as_ref()?
                 {
-                    Kind::AuthorizationPolicy(p) => Some(p.clone()),
+                    Kind::AuthorizationPolicy(p) => Some(p),
                     _ => None,
                 }
             })
@@ -109,26 +110,27 @@ impl PodInbound {
                 self.uid
             )));
         }
-        let policies = {
+        // Evaluated under the config borrow (no await inside): the policy in
+        // force is the one the latest config carries, with nothing copied.
+        let eval = {
             let config = self.config.borrow();
-            self.policies(&config)
+            authz::evaluate(
+                &self.policies(&config),
+                &Connection {
+                    peer,
+                    peer_ip: peer_addr.ip(),
+                    port: target.port(),
+                },
+            )
         };
-        let refs: Vec<&AuthorizationPolicy> = policies.iter().collect();
-        let eval = authz::evaluate(
-            &refs,
-            &Connection {
-                peer,
-                peer_ip: peer_addr.ip(),
-                port: target.port(),
-            },
-        );
-        let who = peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
+        // Only formatted when something is logged.
+        let who = || peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
         for audit in &eval.audit_denials {
-            tracing::info!(pod = %self.uid, peer = %who, %target, reason = %audit, "audit: would deny");
+            tracing::info!(pod = %self.uid, peer = %who(), %target, reason = %audit, "audit: would deny");
         }
         if let Decision::Deny { reason } = eval.decision {
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(pod = %self.uid, peer = %who, %peer_addr, %target, %reason, "connection denied");
+            tracing::info!(pod = %self.uid, peer = %who(), %peer_addr, %target, %reason, "connection denied");
             return Err(Refusal::Denied(reason));
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
