@@ -112,15 +112,39 @@ async fn certificate_requests_are_rate_limited_per_node() {
     hawser_api::tls::install_crypto_provider();
     let cp = LocalControlPlane::start(1, 3).await.unwrap();
     let token = cp.add_node("node-1", "t1").unwrap();
-    let client = cp.node_client("node-1", token).await.unwrap(); // 1 of 3
+    let client = cp.node_client("node-1", token).await.unwrap();
     for i in 0..4 {
         cp.add_pod("default", &format!("p{i}"), "node-1", "web");
     }
+    // Someone guessing tokens under node-1's name exhausts the bucket of its
+    // own address (the bootstrap bucket), not node-1's.
+    let wrong = cp.dir.path().join("wrong.token");
+    std::fs::write(&wrong, "guess").unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        match cp.node_client("node-1", wrong.clone()).await {
+            Err(ControlPlaneError::Refused(s)) => codes.push(s.code()),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a wrong token authenticated"),
+        }
+    }
+    assert_eq!(
+        codes,
+        [
+            tonic::Code::Unauthenticated,
+            tonic::Code::Unauthenticated,
+            tonic::Code::ResourceExhausted
+        ],
+        "the bootstrap bucket (1 taken by the real bootstrap) runs out"
+    );
+    // The authenticated node keeps its own burst of 3.
     let certs = CertManager::new(client, CertManagerConfig::default());
-    certs.fetch(&pod("p0")).await.unwrap();
-    certs.fetch(&pod("p1")).await.unwrap();
-    let err = certs.fetch(&pod("p2")).await.unwrap_err().to_string();
+    for p in ["p0", "p1", "p2"] {
+        certs.fetch(&pod(p)).await.unwrap();
+    }
+    let err = certs.fetch(&pod("p3")).await.unwrap_err().to_string();
     assert!(err.contains("ResourceExhausted"), "{err}");
+    assert!(err.contains("node node-1"), "{err}");
 }
 
 fn verify_error(e: &std::io::Error) -> Option<PeerVerifyError> {

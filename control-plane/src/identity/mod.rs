@@ -57,15 +57,17 @@ impl IdentityService {
         IdentityServer::new(self)
     }
 
-    fn rate_limit(&self, node: &str) -> Result<(), Status> {
-        self.limits.check(node).map_err(|wait| {
+    /// Takes a token from the bucket of `who` (an authenticated node, or the
+    /// source address of a bootstrap call).
+    fn rate_limit(&self, who: &str) -> Result<(), Status> {
+        self.limits.check(who).map_err(|wait| {
             tracing::warn!(
-                node,
+                who,
                 retry_after_ms = wait.as_millis() as u64,
                 "certificate request rate limited"
             );
             Status::resource_exhausted(format!(
-                "too many certificate requests from node {node}; retry in {} ms",
+                "too many certificate requests from {who}; retry in {} ms",
                 wait.as_millis().max(1)
             ))
         })
@@ -94,7 +96,7 @@ fn issue_error(e: CaError) -> Status {
         CaError::BadCsr(_) | CaError::WrongKeyType(_) | CaError::ForeignTrustDomain { .. } => {
             Status::invalid_argument(e.to_string())
         }
-        CaError::IssuerExpired | CaError::Sign(_) => {
+        CaError::IssuerExpired | CaError::Sign(_) | CaError::Unusable(_) => {
             tracing::error!(error = %e, "the CA cannot sign");
             Status::unavailable("the CA cannot sign right now")
         }
@@ -109,7 +111,14 @@ impl Identity for IdentityService {
     ) -> Result<Response<CertificateResponse>, Status> {
         let remote = req.extensions().get::<PeerInfo>().map(|p| p.remote);
         let req = req.into_inner();
-        self.rate_limit(&req.node_name)?;
+        // Before authentication the node name is only a claim: keyed by it,
+        // anyone could exhaust a real node's bucket with wrong tokens. The
+        // caller's address is what it cannot choose.
+        let bucket = match remote {
+            Some(addr) => format!("bootstrap from {}", addr.ip()),
+            None => format!("bootstrap as {}", req.node_name),
+        };
+        self.rate_limit(&bucket)?;
         let node = match self
             .auth
             .authenticate(&req.node_name, &req.credential)
@@ -133,7 +142,7 @@ impl Identity for IdentityService {
         req: Request<WorkloadCertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
         let node = calling_node(&req)?;
-        self.rate_limit(&node)?;
+        self.rate_limit(&format!("node {node}"))?;
         let req = req.into_inner();
         let w = req
             .workload
