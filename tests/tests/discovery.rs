@@ -67,6 +67,31 @@ fn write(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename manifest");
 }
 
+/// The mesh manifests with the Service on `port`.
+fn mesh(port: &str) -> String {
+    format!("{NAMESPACE}---\n{POD}---\n{}", service(port))
+}
+
+/// A control plane serving a manifest file (the mesh on port 80) and node-1
+/// bootstrapped against it. The temp dir lives as long as the first value.
+async fn serve_mesh() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    LocalControlPlane,
+    Arc<hawser_node_proxy::identity::ControlPlaneClient>,
+) {
+    hawser_api::tls::install_crypto_provider();
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let file = manifests.path().join("mesh.yaml");
+    write(&file, &mesh("80"));
+    let cp = LocalControlPlane::with_manifests(manifests.path())
+        .await
+        .expect("control plane");
+    let token = cp.add_node("node-1", "t1").expect("node token");
+    let node = cp.node_client("node-1", token).await.expect("bootstrap");
+    (manifests, file, cp, node)
+}
+
 fn service_ports(cfg: &NodeConfig) -> Option<Vec<u32>> {
     match cfg.get(ResourceType::Service, "demo/web")?.kind.as_ref()? {
         Kind::Service(s) => Some(s.ports.iter().map(|p| p.port).collect()),
@@ -90,19 +115,7 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_edits_reach_the_node_within_a_second() {
-    hawser_api::tls::install_crypto_provider();
-    let manifests = tempfile::tempdir().expect("tempdir");
-    let file = manifests.path().join("mesh.yaml");
-    write(
-        &file,
-        &format!("{NAMESPACE}---\n{POD}---\n{}", service("80")),
-    );
-
-    let cp = LocalControlPlane::with_manifests(manifests.path())
-        .await
-        .expect("control plane");
-    let token = cp.add_node("node-1", "t1").expect("node token");
-    let node = cp.node_client("node-1", token).await.expect("bootstrap");
+    let (_manifests, file, cp, node) = serve_mesh().await;
     let client = DiscoveryClient::new(node.channel(), "node-1");
     let mut config = client.config();
     let (stop, stopped) = watch::channel(false);
@@ -118,10 +131,7 @@ async fn manifest_edits_reach_the_node_within_a_second() {
     );
 
     // Edit: the change is on the node within a second.
-    write(
-        &file,
-        &format!("{NAMESPACE}---\n{POD}---\n{}", service("81")),
-    );
+    write(&file, &mesh("81"));
     let took = wait_for(&mut config, Duration::from_secs(1), |c| {
         service_ports(c) == Some(vec![81])
     })
@@ -130,10 +140,7 @@ async fn manifest_edits_reach_the_node_within_a_second() {
 
     // An invalid edit is reported (file, document, field) and changes nothing.
     let held = config.borrow().version();
-    write(
-        &file,
-        &format!("{NAMESPACE}---\n{POD}---\n{}", service("70000")),
-    );
+    write(&file, &mesh("70000"));
     let mut report = cp.manifest_report.clone().expect("manifest source");
     let report = tokio::time::timeout(
         Duration::from_secs(2),
@@ -164,10 +171,7 @@ async fn manifest_edits_reach_the_node_within_a_second() {
     println!("delete reached the node in {took:?}");
 
     // The control plane goes away: the node keeps its last config.
-    write(
-        &file,
-        &format!("{NAMESPACE}---\n{POD}---\n{}", service("82")),
-    );
+    write(&file, &mesh("82"));
     wait_for(&mut config, Duration::from_secs(1), |c| {
         service_ports(c) == Some(vec![82])
     })
@@ -186,18 +190,7 @@ async fn a_reconnecting_node_resumes_with_a_delta() {
         DiscoveryRequest, Subscribe, discovery_request, discovery_response,
     };
 
-    hawser_api::tls::install_crypto_provider();
-    let manifests = tempfile::tempdir().expect("tempdir");
-    let file = manifests.path().join("mesh.yaml");
-    write(
-        &file,
-        &format!("{NAMESPACE}---\n{POD}---\n{}", service("80")),
-    );
-    let cp = LocalControlPlane::with_manifests(manifests.path())
-        .await
-        .expect("control plane");
-    let token = cp.add_node("node-1", "t1").expect("node token");
-    let node = cp.node_client("node-1", token).await.expect("bootstrap");
+    let (_manifests, file, cp, node) = serve_mesh().await;
 
     // Opens a stream resuming from `from` and returns its first message.
     let first = |from: u64| {
@@ -239,10 +232,7 @@ async fn a_reconnecting_node_resumes_with_a_delta() {
     };
     assert_eq!(snapshot.version, v1);
 
-    write(
-        &file,
-        &format!("{NAMESPACE}---\n{POD}---\n{}", service("81")),
-    );
+    write(&file, &mesh("81"));
     let v2 = wait_version(v1 + 1).await;
     match first(v1).await {
         Some(discovery_response::Kind::Delta(d)) => {

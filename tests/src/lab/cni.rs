@@ -14,17 +14,17 @@ use super::sys;
 
 /// One pod attachment, as the runtime describes it to the plugins.
 #[derive(Debug, Clone)]
-pub struct Attachment<'a> {
+pub struct Attachment {
     /// The node's network namespace (plugins run there).
-    pub node_netns: &'a str,
+    pub node_netns: String,
     /// The container (sandbox) id.
-    pub container_id: &'a str,
+    pub container_id: String,
     /// Path of the pod's network namespace.
-    pub pod_netns_path: &'a Path,
+    pub pod_netns_path: PathBuf,
     /// The interface name inside the pod.
-    pub ifname: &'a str,
+    pub ifname: String,
     /// `CNI_ARGS`, e.g. `K8S_POD_NAMESPACE=a;K8S_POD_NAME=b;K8S_POD_UID=c`.
-    pub args: &'a str,
+    pub args: String,
 }
 
 /// A network configuration list (`*.conflist`).
@@ -97,7 +97,7 @@ impl ConfList {
         command: &str,
         plugin: &Map<String, Value>,
         prev: Option<&Value>,
-        at: &Attachment<'_>,
+        at: &Attachment,
     ) -> Result<Value, LabError> {
         let plugin_type =
             plugin
@@ -125,13 +125,13 @@ impl ConfList {
             .collect::<Vec<_>>()
             .join(":");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", at.node_netns])
+        cmd.args(["netns", "exec", &at.node_netns])
             .arg(&bin)
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", at.container_id)
-            .env("CNI_NETNS", at.pod_netns_path)
-            .env("CNI_IFNAME", at.ifname)
-            .env("CNI_ARGS", at.args)
+            .env("CNI_CONTAINERID", &at.container_id)
+            .env("CNI_NETNS", &at.pod_netns_path)
+            .env("CNI_IFNAME", &at.ifname)
+            .env("CNI_ARGS", &at.args)
             .env("CNI_PATH", path);
         let out = sys::run_with(&mut cmd, Some(&stdin)).map_err(|e| match e {
             LabError::Command { output, .. } => LabError::Cni {
@@ -154,7 +154,7 @@ impl ConfList {
     /// ADD through the whole chain; returns the final result. If a plugin
     /// fails, the ones before it are deleted again (as libcni does), so the pod
     /// is never left half attached.
-    pub fn add(&self, at: &Attachment<'_>) -> Result<Value, LabError> {
+    pub fn add(&self, at: &Attachment) -> Result<Value, LabError> {
         let plugins = self.plugins()?;
         let mut prev: Option<Value> = None;
         for (i, plugin) in plugins.iter().enumerate() {
@@ -173,7 +173,7 @@ impl ConfList {
 
     /// DEL through the chain in reverse, with the cached ADD result. Every
     /// plugin is called even if one fails; the first error is returned.
-    pub fn del(&self, at: &Attachment<'_>, cached: Option<&Value>) -> Result<(), LabError> {
+    pub fn del(&self, at: &Attachment, cached: Option<&Value>) -> Result<(), LabError> {
         let mut first = None;
         for plugin in self.plugins()?.iter().rev() {
             if let Err(e) = self.exec("DEL", plugin, cached, at) {

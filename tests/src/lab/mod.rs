@@ -677,15 +677,7 @@ impl Lab {
         let result = (|| {
             sys::netns_add(&pod.netns)?;
             self.write_resolv_conf(&pod.netns, namespace)?;
-            let args = cni_args(&pod);
-            let netns_path = Path::new("/run/netns").join(&pod.netns);
-            let attachment = |ifname| cni::Attachment {
-                node_netns: &node.netns,
-                container_id: &pod.container_id,
-                pod_netns_path: &netns_path,
-                ifname,
-                args: &args,
-            };
+            let attachment = |ifname| attachment(&node, &pod, ifname);
             // Like containerd: the loopback network first, then the pod network.
             self.loopback().add(&attachment("lo"))?;
             self.conflist(&node)?.add(&attachment("eth0"))
@@ -741,15 +733,7 @@ impl Lab {
 
     fn cni_del(&self, pod: &Pod) -> Result<(), LabError> {
         let node = self.node(&pod.node)?;
-        let args = cni_args(pod);
-        let netns_path = Path::new("/run/netns").join(&pod.netns);
-        let attachment = |ifname| cni::Attachment {
-            node_netns: &node.netns,
-            container_id: &pod.container_id,
-            pod_netns_path: &netns_path,
-            ifname,
-            args: &args,
-        };
+        let attachment = |ifname| attachment(node, pod, ifname);
         let cached = (!pod.cni_result.is_null()).then_some(&pod.cni_result);
         let pod_net = self.conflist(node)?.del(&attachment("eth0"), cached);
         let lo = self.loopback().del(&attachment("lo"), None);
@@ -877,12 +861,19 @@ impl Lab {
     }
 }
 
-/// `CNI_ARGS` as kubelet passes them.
-fn cni_args(pod: &Pod) -> String {
-    format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-        pod.namespace, pod.name, pod.container_id, pod.uid
-    )
+/// What the runtime tells the plugins about `pod`'s interface `ifname`,
+/// with `CNI_ARGS` as kubelet passes them.
+fn attachment(node: &Node, pod: &Pod, ifname: &str) -> cni::Attachment {
+    cni::Attachment {
+        node_netns: node.netns.clone(),
+        container_id: pod.container_id.clone(),
+        pod_netns_path: Path::new("/run/netns").join(&pod.netns),
+        ifname: ifname.to_owned(),
+        args: format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            pod.namespace, pod.name, pod.container_id, pod.uid
+        ),
+    }
 }
 
 /// Checks what the lab needs before touching anything.
