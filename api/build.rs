@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The node proxy's admin API dumps its configuration as JSON.
+        .type_attribute(".hawser.discovery", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `/ready` | 200 once serving |
 //! | `/status/routes` | every HTTPRoute/GRPCRoute's status per Service parent (JSON; `?format=text` for the table `hawser status routes` prints) |
+//! | `/status/policies` | every AuthorizationPolicy's `Accepted` condition and the HTTP fields it names that cannot be enforced on which ports (JSON; `?format=text` for `hawser status policies`) |
 //! | `/status/manifests` | invalid and ignored manifest documents of the last scan |
 //! | `/status/nodes` | each node's discovery stream: version sent, acknowledged, last NACK |
 
@@ -93,6 +94,18 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 text(StatusCode::OK, body)
             } else {
                 json_response(&json!({ "routes": statuses }))
+            }
+        }
+        "/status/policies" => {
+            let statuses = state.index.read().policy_statuses();
+            if as_text {
+                let mut body: String = statuses.iter().map(|s| s.to_string()).collect();
+                if body.is_empty() {
+                    body.push_str("no AuthorizationPolicy\n");
+                }
+                text(StatusCode::OK, body)
+            } else {
+                json_response(&json!({ "policies": statuses }))
             }
         }
         "/status/manifests" => {

@@ -166,7 +166,8 @@ fn init_tracing(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("invalid log filter {:?}", args.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_json {
         builder.json().init();
     } else {

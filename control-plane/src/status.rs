@@ -1,13 +1,15 @@
-//! Route status as data: one entry per Service parent with `Accepted` and
-//! `ResolvedRefs` conditions, as the Gateway API defines them. Printable for
-//! the CLI and the admin API (Display, and serde for JSON); a Kubernetes
-//! source writes the same data into `status.parents`.
+//! Status as data. Routes: one entry per Service parent with `Accepted` and
+//! `ResolvedRefs` conditions, as the Gateway API defines them (a Kubernetes
+//! source writes the same data into `status.parents`). AuthorizationPolicies:
+//! an `Accepted` condition and the fields that cannot be enforced on which
+//! ports ([`PolicyStatus`]). Printable for the CLI and the admin API
+//! (Display, and serde for JSON).
 
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{ParentRef, RouteRef};
+use crate::model::{ObjectKey, ParentRef, RouteRef};
 
 /// `controllerName` Hawser writes in every parent status.
 pub const CONTROLLER_NAME: &str = "hawser.dev/mesh";
@@ -42,7 +44,7 @@ impl ParentStatus {
 /// Condition types Hawser sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ConditionType {
-    /// The route attaches to the parent.
+    /// The route attaches to the parent; the policy is enforced as written.
     Accepted,
     /// Every reference of the route resolves.
     ResolvedRefs,
@@ -65,6 +67,9 @@ pub enum Reason {
     BackendNotFound,
     /// A backendRef names something other than a core Service.
     InvalidKind,
+    /// An AuthorizationPolicy names HTTP fields (methods, paths) for ports
+    /// that do not carry HTTP, where they cannot be enforced.
+    UnenforceableFields,
 }
 
 /// One condition.
@@ -117,6 +122,56 @@ impl fmt::Display for RouteStatus {
                 }
                 writeln!(f)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// The status of one AuthorizationPolicy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyStatus {
+    /// Which policy.
+    pub policy: ObjectKey,
+    /// `Accepted`: `False` (reason [`Reason::UnenforceableFields`]) when
+    /// [`Self::unenforceable`] is not empty.
+    pub conditions: Vec<Condition>,
+    /// What cannot be enforced where.
+    pub unenforceable: Vec<Unenforceable>,
+}
+
+/// Fields of one rule that cannot be enforced on a port. They are enforced
+/// fail-closed there: an Allow rule never matches, a Deny rule matches once
+/// its sources do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unenforceable {
+    /// The fields, as paths into the spec (`spec.rules[0].to.methods`).
+    pub fields: Vec<String>,
+    /// The port (on the workloads). `None`: the rule names no port and no
+    /// workload the policy applies to has an HTTP port.
+    pub port: Option<u16>,
+    /// Why, for people.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "AuthorizationPolicy {}", self.policy)?;
+        for c in &self.conditions {
+            write!(
+                f,
+                "  {}={} {} (generation {})",
+                c.kind,
+                if c.status { "True" } else { "False" },
+                c.reason,
+                c.observed_generation
+            )?;
+            if !c.message.is_empty() {
+                write!(f, ": {}", c.message)?;
+            }
+            writeln!(f)?;
+        }
+        for u in &self.unenforceable {
+            writeln!(f, "    {}", u.message)?;
         }
         Ok(())
     }

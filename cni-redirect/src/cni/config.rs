@@ -10,7 +10,7 @@
 //! | `runDir` | `/var/run/hawser` | holds `enrolled-namespaces.json` (written by the proxy) and the plugin's attachment state |
 //! | `logFile` | `/var/log/hawser-cni.log` | where the plugin logs (stdout is the CNI protocol) |
 //! | `logLevel` | `info` | `error`, `warn`, `info` or `debug` |
-//! | `proxyTimeoutMs` | `5000` | bound on each exchange with the node proxy (1–60000) |
+//! | `proxyTimeoutMs` | `15000` | bound on each exchange with the node proxy (1–60000); above the proxy's 10 s wait for a pod it does not know yet |
 //! | `nftPath` | `nft` from `PATH`, else `/usr/sbin/nft` | the `nft` binary used to program the pod netns |
 
 use std::net::IpAddr;
@@ -33,7 +33,7 @@ pub const LATEST_VERSION: &str = "1.1.0";
 pub const DEFAULT_LOG_FILE: &str = "/var/log/hawser-cni.log";
 
 /// Default bound on each exchange with the node proxy.
-pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_millis(5000);
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_millis(15000);
 
 /// Why the configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,8 +1,10 @@
 //! Hawser's `AuthorizationPolicy` custom resource (`policy.hawser.dev/v1alpha1`):
-//! the Rust type its CRD is generated from, and its validation into the
-//! model. Fields that cannot be enforced are rejected with the field and the
-//! reason, never dropped.
+//! the Rust type its CRD is generated from, its validation into the model,
+//! and its status. Fields that cannot be enforced are rejected with the
+//! field and the reason, never dropped: invalid ones at validation, HTTP
+//! fields on ports that do not carry HTTP in the status ([`status`]).
 
+pub mod status;
 mod validate;
 
 #[cfg(test)]

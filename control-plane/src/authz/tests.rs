@@ -166,3 +166,161 @@ fn unknown_fields_are_rejected_not_dropped() {
     let e = p.expect_err("hosts is not a field").to_string();
     assert!(e.contains("hosts"), "{e}");
 }
+
+mod policy_status {
+    //! The status reports HTTP fields on ports that do not carry HTTP.
+
+    use crate::index::{Index, IndexConfig};
+    use crate::model::{
+        ContainerPort, Labels, Meta, Object, ObjectKey, Pod, Service, ServicePort, ServiceType,
+        TargetPort,
+    };
+    use crate::status::{ConditionType, Reason};
+
+    fn labels(app: &str) -> Labels {
+        Labels::from([("app".to_owned(), app.to_owned())])
+    }
+
+    fn pod(name: &str, app: &str) -> Object {
+        let mut meta = Meta::new("shop", name);
+        meta.uid = format!("uid-{name}");
+        meta.labels = labels(app);
+        Object::Pod(Pod {
+            meta,
+            node: Some("node-a".into()),
+            ips: vec!["10.244.1.10".parse().expect("ip")],
+            service_account: "default".into(),
+            ready: true,
+            terminated: false,
+            container_ports: vec![ContainerPort {
+                name: Some("web".into()),
+                port: 8080,
+            }],
+        })
+    }
+
+    /// Service `name` selecting `app`, its ports as (name, port, target, appProtocol).
+    fn service(name: &str, app: &str, ports: &[(&str, u16, TargetPort, Option<&str>)]) -> Object {
+        Object::Service(Service {
+            meta: Meta::new("shop", name),
+            service_type: ServiceType::ClusterIp,
+            cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
+            ports: ports
+                .iter()
+                .map(|(n, p, t, a)| ServicePort {
+                    name: (*n).into(),
+                    port: *p,
+                    target_port: t.clone(),
+                    app_protocol: a.map(str::to_owned),
+                })
+                .collect(),
+            selector: Some(labels(app)),
+        })
+    }
+
+    fn policy(yaml_rules: &str, target: &str) -> Object {
+        let p = super::policy(&format!(
+            "{}  {target}\n  rules:\n{yaml_rules}",
+            super::HEAD
+        ))
+        .expect("valid policy");
+        Object::AuthorizationPolicy(p)
+    }
+
+    fn index(objects: Vec<Object>) -> Index {
+        let mut index = Index::new(IndexConfig::default());
+        index.update(objects.into_iter().map(crate::index::Update::Apply));
+        index
+    }
+
+    #[test]
+    fn http_fields_on_http_ports_are_accepted() {
+        let index = index(vec![
+            pod("api-0", "api"),
+            // Named target port, resolved on the pod; HTTP by appProtocol.
+            service(
+                "api",
+                "api",
+                &[("web", 80, TargetPort::Name("web".into()), Some("http"))],
+            ),
+            policy(
+                "  - to: {ports: [8080], methods: [GET], paths: [/api/*]}\n  - to: {methods: [GET]}\n",
+                "targetRefs: [{kind: Service, name: api}]",
+            ),
+        ]);
+        let status = index
+            .policy_status(&ObjectKey::new("shop", "p"))
+            .expect("status");
+        assert!(status.unenforceable.is_empty(), "{status}");
+        assert_eq!(status.conditions[0].kind, ConditionType::Accepted);
+        assert!(status.conditions[0].status);
+    }
+
+    #[test]
+    fn http_fields_on_tcp_ports_are_reported_with_field_and_port() {
+        let index = index(vec![
+            pod("api-0", "api"),
+            service(
+                "api",
+                "api",
+                &[
+                    ("http", 80, TargetPort::Number(8080), None),
+                    ("postgres", 5432, TargetPort::Number(5432), None),
+                ],
+            ),
+            pod("db-0", "db"),
+            service("db", "db", &[("tcp", 5432, TargetPort::Number(5432), None)]),
+            // Rule 0 names a TCP port; rule 1 names no port, so it applies
+            // to the TCP port too; rule 2 has no HTTP fields.
+            policy(
+                "  - to: {ports: [5432], paths: [/admin]}\n  - to: {methods: [GET]}\n  - to: {ports: [5432]}\n",
+                "selector: {matchLabels: {app: api}}",
+            ),
+        ]);
+        let status = index
+            .policy_status(&ObjectKey::new("shop", "p"))
+            .expect("status");
+        let accepted = &status.conditions[0];
+        assert!(!accepted.status, "{status}");
+        assert_eq!(accepted.reason, Reason::UnenforceableFields);
+        let got: Vec<(Vec<String>, Option<u16>)> = status
+            .unenforceable
+            .iter()
+            .map(|u| (u.fields.clone(), u.port))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec!["spec.rules[0].to.paths".to_owned()], Some(5432)),
+                (vec!["spec.rules[1].to.methods".to_owned()], Some(5432)),
+            ]
+        );
+        assert!(
+            status.to_string().contains(
+                "spec.rules[0].to.paths cannot be enforced on port 5432: not an HTTP port"
+            ),
+            "{status}"
+        );
+
+        // A policy for the database only: no HTTP port at all.
+        let index = {
+            let mut index = index;
+            index.apply(policy(
+                "  - to: {methods: [GET, POST]}\n",
+                "selector: {matchLabels: {app: db}}",
+            ));
+            index
+        };
+        let statuses = index.policy_statuses();
+        assert_eq!(statuses.len(), 1, "same name: replaced");
+        let u = &statuses[0].unenforceable;
+        assert_eq!(u.len(), 1, "{}", statuses[0]);
+        assert_eq!(u[0].port, None);
+        assert!(
+            u[0].message
+                .contains("no workload the policy applies to has an HTTP port (ports: 5432)"),
+            "{}",
+            u[0].message
+        );
+    }
+}

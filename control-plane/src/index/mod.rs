@@ -106,7 +106,9 @@ impl Index {
         let store = Store::new(config.change_log_capacity);
         Self {
             config,
-            version: 0,
+            // Version 1 is the empty mesh: nodes read version 0 as "nothing
+            // received from the control plane yet".
+            version: 1,
             namespaces: HashMap::new(),
             pods: HashMap::new(),
             pods_by_ns: HashMap::new(),

@@ -1,25 +1,37 @@
-//! Connection-level (L4) authorization of inbound traffic against the
-//! `AuthorizationPolicy` resources that apply to the destination workload.
+//! Authorization of inbound traffic against the `AuthorizationPolicy`
+//! resources that apply to the destination workload: per connection (L4) on
+//! TCP ports, per request (L4 and L7 parts together) on HTTP ports.
 //!
 //! Evaluation, as DESIGN.md states it: any matching Deny denies; if any Allow
-//! applies to the workload, one of them must match; otherwise the connection
+//! applies to the workload, one of them must match; otherwise the traffic
 //! is allowed. Audit-mode policies are evaluated and reported but never
 //! change the decision.
 //!
-//! At L4 a rule that also names HTTP methods or paths cannot be checked (the
-//! request is not parsed yet), so it is treated conservatively, as ztunnel
-//! does: such an Allow rule does not match, such a Deny rule does. The HTTP
-//! layer evaluates those fields per request on HTTP ports.
+//! A rule matches when every part present matches: a source in `from`, the
+//! port, and on HTTP requests ([`Connection::request`] set) the method (exact,
+//! case-sensitive) and the path (exact, or element-wise prefix: `/api`
+//! matches `/api`, `/api/` and `/api/x`, not `/apix`; the prefix `/`, written
+//! `/*` in the CRD, matches every path). Paths are compared after
+//! [`normalize_path`].
+//!
+//! Without a request (a TCP port, or an HTTP port whose bytes are relayed) a
+//! rule naming methods or paths cannot be checked, so it fails closed, as
+//! ztunnel does: such an Allow rule does not match (the connection is denied
+//! unless another rule allows it), such a Deny rule matches (once its sources
+//! and ports match). The control plane reports such rules in the policy's
+//! status, so this never happens silently.
 
 use std::net::IpAddr;
 
 use hawser_api::SpiffeId;
 use hawser_api::cni::redirect::Cidr;
 use hawser_api::proto::discovery::{
-    AuthorizationAction, AuthorizationMode, AuthorizationPolicy, AuthorizationRule, Source,
+    AuthorizationAction, AuthorizationMode, AuthorizationPolicy, AuthorizationRule, PathMatch,
+    Source, path_match,
 };
 
-/// What is known about an inbound connection at L4.
+/// What is known about inbound traffic: the connection, and on HTTP ports
+/// the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Connection<'a> {
     /// The verified peer identity (None: plaintext, from outside the mesh).
@@ -28,6 +40,18 @@ pub struct Connection<'a> {
     pub peer_ip: IpAddr,
     /// The destination port on the workload.
     pub port: u16,
+    /// The HTTP request, when one is evaluated (None: at L4, where rules
+    /// naming methods or paths fail closed).
+    pub request: Option<HttpRequest<'a>>,
+}
+
+/// The parts of an HTTP request that policies match.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    /// The method as sent (`GET`).
+    pub method: &'a str,
+    /// The path without query, normalized by [`normalize_path`].
+    pub path: &'a str,
 }
 
 /// The outcome of an evaluation.
@@ -115,11 +139,92 @@ fn rule_matches(
     if !to.ports.is_empty() && !to.ports.contains(&u32::from(conn.port)) {
         return false;
     }
-    if !to.methods.is_empty() || !to.paths.is_empty() {
-        // Not decidable at L4: see the module docs.
-        return action == AuthorizationAction::Deny;
+    if to.methods.is_empty() && to.paths.is_empty() {
+        return true;
     }
-    true
+    let Some(req) = conn.request else {
+        // Not decidable without a request: fail closed (module docs).
+        return action == AuthorizationAction::Deny;
+    };
+    if !to.methods.is_empty() && !to.methods.iter().any(|m| m == req.method) {
+        return false;
+    }
+    to.paths.is_empty() || to.paths.iter().any(|p| path_matches(p, req.path))
+}
+
+fn path_matches(m: &PathMatch, path: &str) -> bool {
+    match &m.kind {
+        Some(path_match::Kind::Exact(exact)) => path == exact,
+        Some(path_match::Kind::Prefix(prefix)) => {
+            let prefix = prefix.trim_end_matches('/');
+            match path.strip_prefix(prefix) {
+                Some(rest) => rest.is_empty() || rest.starts_with('/'),
+                None => false,
+            }
+        }
+        // A path condition of an unknown kind matches nothing.
+        None => false,
+    }
+}
+
+/// The path policies are matched against, as Envoy's `normalize_path` does
+/// it (RFC 3986 §6.2.2): percent-encoded unreserved characters decoded
+/// (`%2E` → `.`, `%7E` → `~`), then `.` and `..` segments removed, so that
+/// `/api/../admin` and `/api/%2e%2e/admin` are `/admin`. Other escapes
+/// (`%2F` too) are kept as sent. An empty path is `/`. `None` when the path
+/// is unchanged, to avoid an allocation on the common request.
+pub fn normalize_path(path: &str) -> Option<String> {
+    let suspicious =
+        path.contains('%') || path.split('/').any(|s| s == "." || s == "..") || path.is_empty();
+    if !suspicious {
+        return None;
+    }
+    let decoded = decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." | ".." => {
+                if *seg == ".." && out.len() > 1 {
+                    out.pop();
+                }
+                // A dot segment at the end leaves a directory: `/a/b/..` is `/a/`.
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut joined = out.join("/");
+    if !joined.starts_with('/') {
+        joined.insert(0, '/');
+    }
+    (joined != path).then_some(joined)
+}
+
+/// Decodes `%XX` escapes of unreserved characters (ALPHA, DIGIT, `-._~`).
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = path.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+            && (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            out.push(char::from(b));
+            i += 3;
+            continue;
+        }
+        // Copies one UTF-8 character (the path is a &str, so boundaries hold).
+        let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&path[i..i + ch_len]);
+        i += ch_len;
+    }
+    out
 }
 
 fn source_matches(s: &Source, conn: &Connection<'_>) -> bool {

@@ -1,4 +1,4 @@
-//! L4 authorization table tests.
+//! Authorization table tests: L4, and L7 (methods, paths) per request.
 
 use hawser_api::proto::discovery::{Destination, PathMatch, path_match};
 
@@ -42,7 +42,42 @@ fn conn<'a>(peer: Option<&'a SpiffeId>, port: u16) -> Connection<'a> {
         peer,
         peer_ip: "10.244.1.5".parse().expect("ip"),
         port,
+        request: None,
     }
+}
+
+fn req<'a>(
+    peer: Option<&'a SpiffeId>,
+    port: u16,
+    method: &'a str,
+    path: &'a str,
+) -> Connection<'a> {
+    Connection {
+        request: Some(HttpRequest { method, path }),
+        ..conn(peer, port)
+    }
+}
+
+fn to(methods: &[&str], paths: Vec<path_match::Kind>) -> AuthorizationRule {
+    AuthorizationRule {
+        from: vec![],
+        to: Some(Destination {
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            paths: paths
+                .into_iter()
+                .map(|k| PathMatch { kind: Some(k) })
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+fn prefix(p: &str) -> path_match::Kind {
+    path_match::Kind::Prefix(p.into())
+}
+
+fn exact(p: &str) -> path_match::Kind {
+    path_match::Kind::Exact(p.into())
 }
 
 fn allowed(policies: &[&AuthorizationPolicy], c: Connection<'_>) -> bool {
@@ -213,4 +248,149 @@ fn audit_policies_report_but_do_not_enforce() {
         eval.audit_denials,
         vec!["denied by policy prod/audit-deny".to_owned()]
     );
+}
+
+#[test]
+fn l7_allow_list_matches_methods_and_paths_per_request() {
+    // As the CRD writes `paths: ["/api/*", "/healthz"]`, `methods: ["GET"]`.
+    let allow = policy(
+        "allow-read",
+        AuthorizationAction::Allow,
+        vec![to(
+            &["GET", "HEAD"],
+            vec![prefix("/api"), exact("/healthz")],
+        )],
+    );
+    let web = id("prod", "web");
+    let ok = |m, p| allowed(&[&allow], req(Some(&web), 8080, m, p));
+    assert!(ok("GET", "/api"));
+    assert!(ok("GET", "/api/"));
+    assert!(ok("GET", "/api/x/y"));
+    assert!(ok("HEAD", "/healthz"));
+    assert!(!ok("GET", "/apix"), "prefix is element-wise");
+    assert!(!ok("GET", "/healthz/deep"), "exact is exact");
+    assert!(!ok("POST", "/api/x"), "method not listed");
+    assert!(!ok("get", "/api/x"), "methods are case-sensitive");
+    let denied = evaluate(&[&allow], &req(Some(&web), 8080, "POST", "/api/x")).decision;
+    assert!(matches!(denied, Decision::Deny { reason } if reason.contains("prod/allow-read")));
+}
+
+#[test]
+fn l7_deny_and_wildcard_path() {
+    // `paths: ["/*"]` is the prefix "/": every path.
+    let deny_posts = policy(
+        "deny-writes",
+        AuthorizationAction::Deny,
+        vec![to(&["POST", "DELETE"], vec![prefix("/")])],
+    );
+    let deny_admin = policy(
+        "deny-admin",
+        AuthorizationAction::Deny,
+        vec![to(&[], vec![prefix("/admin/")])],
+    );
+    let web = id("prod", "web");
+    let all = [&deny_posts, &deny_admin];
+    assert!(allowed(&all, req(Some(&web), 80, "GET", "/anything")));
+    assert!(!allowed(&all, req(Some(&web), 80, "POST", "/anything")));
+    assert!(!allowed(&all, req(Some(&web), 80, "DELETE", "/")));
+    assert!(!allowed(&all, req(Some(&web), 80, "GET", "/admin")));
+    assert!(!allowed(&all, req(Some(&web), 80, "GET", "/admin/users")));
+    assert!(allowed(&all, req(Some(&web), 80, "GET", "/administrator")));
+}
+
+#[test]
+fn l7_rules_combine_with_sources_and_ports() {
+    let allow = policy(
+        "allow-api-writes",
+        AuthorizationAction::Allow,
+        vec![AuthorizationRule {
+            from: vec![sa("prod", "api")],
+            to: Some(Destination {
+                ports: vec![8080],
+                methods: vec!["POST".into()],
+                ..Default::default()
+            }),
+        }],
+    );
+    let (api, web) = (id("prod", "api"), id("prod", "web"));
+    assert!(allowed(&[&allow], req(Some(&api), 8080, "POST", "/x")));
+    assert!(
+        !allowed(&[&allow], req(Some(&web), 8080, "POST", "/x")),
+        "other source"
+    );
+    assert!(
+        !allowed(&[&allow], req(Some(&api), 9090, "POST", "/x")),
+        "other port"
+    );
+    assert!(
+        !allowed(&[&allow], req(None, 8080, "POST", "/x")),
+        "plaintext has no identity"
+    );
+}
+
+#[test]
+fn l7_rules_without_a_request_fail_closed() {
+    // A TCP port (or bytes relayed): the request is unknown. An Allow with
+    // methods never admits; a Deny with paths denies once its sources match.
+    let allow_get = policy(
+        "allow-get",
+        AuthorizationAction::Allow,
+        vec![to(&["GET"], vec![])],
+    );
+    let allow_tcp = policy(
+        "allow-api",
+        AuthorizationAction::Allow,
+        vec![from(vec![sa("prod", "api")])],
+    );
+    let deny_admin = policy(
+        "deny-admin",
+        AuthorizationAction::Deny,
+        vec![AuthorizationRule {
+            from: vec![sa("prod", "web")],
+            to: Some(Destination {
+                paths: vec![PathMatch {
+                    kind: Some(exact("/admin")),
+                }],
+                ..Default::default()
+            }),
+        }],
+    );
+    let (api, web, ops) = (id("prod", "api"), id("prod", "web"), id("prod", "ops"));
+    assert!(!allowed(&[&allow_get], conn(Some(&web), 5432)));
+    assert!(
+        allowed(&[&allow_get, &allow_tcp], conn(Some(&api), 5432)),
+        "another rule can still allow it"
+    );
+    assert!(!allowed(&[&deny_admin], conn(Some(&web), 5432)));
+    assert!(
+        allowed(&[&deny_admin], conn(Some(&ops), 5432)),
+        "the Deny's sources still have to match"
+    );
+    // With the request known, the same Deny only takes /admin.
+    assert!(allowed(&[&deny_admin], req(Some(&web), 80, "GET", "/")));
+    assert!(!allowed(
+        &[&deny_admin],
+        req(Some(&web), 80, "GET", "/admin")
+    ));
+}
+
+#[test]
+fn paths_are_normalized_before_matching() {
+    assert_eq!(normalize_path("/api/x"), None, "common paths are untouched");
+    assert_eq!(normalize_path("/api/../admin").as_deref(), Some("/admin"));
+    assert_eq!(
+        normalize_path("/api/%2e%2E/admin").as_deref(),
+        Some("/admin")
+    );
+    assert_eq!(normalize_path("/./a/./b/.").as_deref(), Some("/a/b/"));
+    assert_eq!(normalize_path("/../../x").as_deref(), Some("/x"));
+    assert_eq!(normalize_path("/%61dmin").as_deref(), Some("/admin"));
+    assert_eq!(normalize_path("/a%2Fb"), None, "encoded slashes are kept");
+    assert_eq!(
+        normalize_path("/caf%C3%A9"),
+        None,
+        "non-unreserved escapes are kept"
+    );
+    assert_eq!(normalize_path("/é/../x").as_deref(), Some("/x"));
+    assert_eq!(normalize_path("/100%").as_deref(), None);
 }

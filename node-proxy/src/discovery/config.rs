@@ -84,6 +84,11 @@ impl NodeConfig {
             .map(|r| r.as_ref())
     }
 
+    /// Every resource, ordered by type and name.
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.resources.values().map(|r| r.as_ref())
+    }
+
     /// Every workload.
     pub fn workloads(&self) -> impl Iterator<Item = &pb::Workload> {
         self.resources.values().filter_map(|r| match &r.kind {

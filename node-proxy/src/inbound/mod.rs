@@ -1,12 +1,23 @@
 //! Inbound: the destination side of HBONE (and the 15006 plaintext path).
-//! For each CONNECT arriving on a pod's 15008 (after mTLS verified the peer), check that the target is this
-//! pod, evaluate the pod's AuthorizationPolicies at L4, and connect to the app
-//! inside the pod's network namespace with the bypass mark. Denials are
-//! logged with their reason and counted.
+//! For each CONNECT arriving on a pod's 15008 (after mTLS verified the
+//! peer), and each plaintext connection captured on 15006, check that the
+//! target is this pod, then:
+//!
+//! - on a TCP port, evaluate the pod's AuthorizationPolicies at L4 and
+//!   connect to the app inside the pod's network namespace with the bypass
+//!   mark; the bytes are relayed;
+//! - on an HTTP port (see [`PodInbound::is_http_port`]), serve the stream as
+//!   HTTP ([`http`]): every request is authorized on its own, with its
+//!   method and path, and forwarded to the app, or answered `403`.
+//!
+//! Denials are logged with their reason and counted in [`InboundStats`].
+
+pub mod http;
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,31 +26,44 @@ use async_trait::async_trait;
 use hawser_api::SpiffeId;
 use hawser_api::cni::PROXY_MARK;
 use hawser_api::proto::discovery::{AuthorizationPolicy, ResourceType, resource::Kind};
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::authz::{self, Connection, Decision};
 use crate::discovery::NodeConfig;
 use crate::inpod::NetnsHandle;
-use crate::tunnel::{HboneHandler, Refusal};
+use crate::tunnel::{Admitted, HboneHandler, Refusal};
+
+use self::http::HttpStream;
 
 /// Counters of one pod's inbound side.
 #[derive(Debug, Default)]
 pub struct InboundStats {
-    /// Streams admitted.
+    /// Streams admitted (on TCP ports, by L4 policy; on HTTP ports, every
+    /// stream to this pod: its requests are authorized one by one).
     pub allowed: AtomicU64,
-    /// Streams refused by authorization.
+    /// Streams refused by authorization (TCP ports).
     pub denied: AtomicU64,
+    /// HTTP requests authorized and forwarded to the app.
+    pub requests_allowed: AtomicU64,
+    /// HTTP requests refused by authorization (answered `403`).
+    pub requests_denied: AtomicU64,
 }
 
 /// The HBONE handler of one pod.
 pub struct PodInbound {
-    uid: String,
+    uid: Arc<str>,
     ips: Vec<IpAddr>,
     netns: NetnsHandle,
     config: watch::Receiver<Arc<NodeConfig>>,
     stats: Arc<InboundStats>,
+    /// The pod's HTTP ports, computed once per config version.
+    http_ports: Mutex<Option<(Arc<NodeConfig>, Arc<PodPorts>)>>,
 }
+
+/// A pod's ports that Services map: port → whether it carries HTTP.
+type PodPorts = BTreeMap<u16, bool>;
 
 impl PodInbound {
     /// The handler for pod `uid` with addresses `ips` in `netns`.
@@ -50,12 +74,19 @@ impl PodInbound {
         config: watch::Receiver<Arc<NodeConfig>>,
     ) -> Self {
         Self {
-            uid: uid.into(),
+            uid: Arc::from(uid.into()),
             ips,
             netns,
             config,
             stats: Arc::default(),
+            http_ports: Mutex::new(None),
         }
+    }
+
+    /// Counts into `stats` (shared, e.g. node-wide) instead of its own.
+    pub fn with_stats(mut self, stats: Arc<InboundStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Its counters.
@@ -63,63 +94,98 @@ impl PodInbound {
         self.stats.clone()
     }
 
-    /// The policies that apply to this pod in `config` (borrowed, not copied:
-    /// this runs for every connection).
-    fn policies<'c>(&self, config: &'c NodeConfig) -> Vec<&'c AuthorizationPolicy> {
-        let Some(Kind::Workload(w)) = config
-            .get(ResourceType::Workload, &self.uid)
-            .and_then(|r| r.kind.as_ref())
-        else {
-            return Vec::new();
+    /// Whether `port` of this pod carries HTTP: every Service of the
+    /// current config that has this pod as an endpoint and maps a port to
+    /// `port` declares that port HTTP (`appProtocol`, else the port name; see
+    /// [`crate::http::is_http`]). A port no Service maps, or one Services
+    /// disagree on, is TCP: its bytes are relayed.
+    pub fn is_http_port(&self, port: u16) -> bool {
+        let config = self.config.borrow().clone();
+        let mut cached = self.http_ports.lock();
+        let ports = match cached.as_ref() {
+            Some((of, ports)) if Arc::ptr_eq(of, &config) => ports.clone(),
+            _ => {
+                let ports = Arc::new(pod_ports(&config, &self.uid));
+                *cached = Some((config, ports.clone()));
+                ports
+            }
         };
-        w.authorization_policies
-            .iter()
-            .filter_map(|name| {
-                match config
-                    .get(ResourceType::AuthorizationPolicy, name)?
-                    .kind
-                    .as_ref()?
-                {
-                    Kind::AuthorizationPolicy(p) => Some(p),
-                    _ => None,
-                }
-            })
-            .collect()
+        ports.get(&port).copied().unwrap_or(false)
     }
 
     /// A plaintext connection captured on 15006 (from outside the mesh): no
     /// peer identity, so it is allowed unless a policy requires one (or
-    /// otherwise denies it), then connected like an HBONE stream.
+    /// otherwise denies it), then connected like an HBONE stream (relayed,
+    /// or served as HTTP on an HTTP port).
     pub async fn admit_plaintext(
         &self,
         peer_addr: SocketAddr,
         target: SocketAddr,
-    ) -> Result<TcpStream, Refusal> {
-        self.admit(None, peer_addr, target).await
+    ) -> Result<Admitted<TcpStream>, Refusal> {
+        self.admit_stream(None, peer_addr, target).await
     }
 
+    /// Admits a stream: on an HTTP port, hands it to the HTTP server (no
+    /// decision yet: each request is authorized); otherwise decides at L4
+    /// and connects.
+    async fn admit_stream(
+        &self,
+        peer: Option<&SpiffeId>,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<Admitted<TcpStream>, Refusal> {
+        self.check_target(target)?;
+        if !self.is_http_port(target.port()) {
+            return self
+                .admit(peer, peer_addr, target)
+                .await
+                .map(Admitted::Relay);
+        }
+        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(pod = %self.uid, %target, "serving the stream as HTTP");
+        Ok(Admitted::Serve(Box::new(HttpStream::new(
+            http::PodAccess {
+                uid: self.uid.clone(),
+                netns: self.netns.clone(),
+                config: self.config.clone(),
+                stats: self.stats.clone(),
+            },
+            peer.cloned(),
+            peer_addr,
+            target,
+        ))))
+    }
+
+    fn check_target(&self, target: SocketAddr) -> Result<(), Refusal> {
+        if self.ips.contains(&target.ip()) {
+            Ok(())
+        } else {
+            Err(Refusal::UnknownTarget(format!(
+                "{target} is not an address of pod {}",
+                self.uid
+            )))
+        }
+    }
+
+    /// Decides at L4 and connects (bytes will be relayed).
     async fn admit(
         &self,
         peer: Option<&SpiffeId>,
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> Result<TcpStream, Refusal> {
-        if !self.ips.contains(&target.ip()) {
-            return Err(Refusal::UnknownTarget(format!(
-                "{target} is not an address of pod {}",
-                self.uid
-            )));
-        }
+        self.check_target(target)?;
         // Evaluated under the config borrow (no await inside): the policy in
         // force is the one the latest config carries, with nothing copied.
         let eval = {
             let config = self.config.borrow();
             authz::evaluate(
-                &self.policies(&config),
+                &policies(&config, &self.uid),
                 &Connection {
                     peer,
                     peer_ip: peer_addr.ip(),
                     port: target.port(),
+                    request: None,
                 },
             )
         };
@@ -153,4 +219,58 @@ impl HboneHandler for PodInbound {
     ) -> Result<TcpStream, Refusal> {
         self.admit(Some(peer), peer_addr, target).await
     }
+
+    async fn admit(
+        &self,
+        peer: &SpiffeId,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<Admitted<TcpStream>, Refusal> {
+        self.admit_stream(Some(peer), peer_addr, target).await
+    }
+}
+
+/// The policies that apply to workload `uid` in `config` (borrowed, not
+/// copied: this runs for every connection and request).
+fn policies<'c>(config: &'c NodeConfig, uid: &str) -> Vec<&'c AuthorizationPolicy> {
+    let Some(Kind::Workload(w)) = config
+        .get(ResourceType::Workload, uid)
+        .and_then(|r| r.kind.as_ref())
+    else {
+        return Vec::new();
+    };
+    w.authorization_policies
+        .iter()
+        .filter_map(|name| {
+            match config
+                .get(ResourceType::AuthorizationPolicy, name)?
+                .kind
+                .as_ref()?
+            {
+                Kind::AuthorizationPolicy(p) => Some(p),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Every port of workload `uid` that a Service of `config` maps, with
+/// whether all of them declare it HTTP.
+fn pod_ports(config: &NodeConfig, uid: &str) -> PodPorts {
+    let mut ports = BTreeMap::new();
+    for svc in config.services() {
+        for ep in svc.endpoints.iter().filter(|e| e.workload_uid == uid) {
+            for (svc_port, target) in &ep.ports {
+                let (Some(sp), Ok(target)) = (
+                    svc.ports.iter().find(|p| p.port == *svc_port),
+                    u16::try_from(*target),
+                ) else {
+                    continue;
+                };
+                let http = crate::http::is_http(&sp.app_protocol, &sp.name);
+                *ports.entry(target).or_insert(http) &= http;
+            }
+        }
+    }
+    ports
 }

@@ -42,8 +42,11 @@ use super::pod::{ContainerId, ContainerIdError, PodContext, PodServer, PodSocket
 use crate::discovery::NodeConfig;
 use crate::identity::WorkloadRef;
 
-/// How long an `add` waits for an unknown pod to appear in the config.
-pub const DEFAULT_ENROLLMENT_WAIT: Duration = Duration::from_secs(3);
+/// How long an `add` waits for an unknown pod to appear in the config (the
+/// Pod exists before kubelet asks CNI for its network, so this is the
+/// control plane's propagation delay; it must stay below the plugin's
+/// `proxyTimeoutMs`).
+pub const DEFAULT_ENROLLMENT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a removed pod's connections get before they are closed.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);

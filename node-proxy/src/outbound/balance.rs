@@ -41,6 +41,20 @@ impl Balancer {
         self.counter(addr).load(Ordering::Relaxed)
     }
 
+    /// Forgets the counters of endpoints for which `live` is false and
+    /// that have nothing in flight (called when the endpoints change).
+    pub fn retain(&self, live: impl Fn(&SocketAddr) -> bool) {
+        self.load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|addr, count| live(addr) || count.load(Ordering::Relaxed) > 0);
+    }
+
+    /// Number of endpoints with a counter.
+    pub fn tracked(&self) -> usize {
+        self.load.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Picks one of `endpoints`: two at random, the less loaded of them.
     pub fn pick(&self, endpoints: &[Endpoint]) -> Option<(Endpoint, InFlight)> {
         let chosen = match endpoints.len() {

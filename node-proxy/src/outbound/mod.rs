@@ -37,6 +37,9 @@ pub struct ServicePort {
     pub service: String,
     /// The Service port.
     pub port: u16,
+    /// The port's name (Istio's convention: `http-*`/`grpc-*` name the
+    /// protocol when `appProtocol` is unset).
+    pub name: String,
     /// Its `appProtocol` (empty when unset).
     pub app_protocol: String,
     /// Ready endpoints only.
@@ -121,6 +124,7 @@ impl Destinations {
                 let sp = Arc::new(ServicePort {
                     service: service.clone(),
                     port,
+                    name: p.name.clone(),
                     app_protocol: p.app_protocol.clone(),
                     endpoints,
                 });
@@ -135,6 +139,13 @@ impl Destinations {
     /// The Service port behind `addr`, if it is a VIP.
     pub fn service(&self, addr: SocketAddr) -> Option<&Arc<ServicePort>> {
         self.by_vip.get(&addr)
+    }
+
+    /// Every endpoint address of every Service port.
+    pub fn endpoint_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.by_vip
+            .values()
+            .flat_map(|sp| sp.endpoints.iter().map(|e| e.addr))
     }
 
     /// The workload with IP `ip`.
@@ -167,7 +178,7 @@ impl Destinations {
     }
 
     /// HBONE to an enrolled pod, plain TCP otherwise.
-    fn route_to(&self, target: SocketAddr) -> Result<Route, OutboundError> {
+    pub fn route_to(&self, target: SocketAddr) -> Result<Route, OutboundError> {
         match self.workload(target.ip()) {
             Some(w) if w.enrolled => {
                 let identity = SpiffeId::parse_workload(&w.spiffe_id).map_err(|e| {

@@ -18,9 +18,11 @@ use http::{Method, Request, StatusCode, Version};
 use rustls::sign::SingleCertAndKey;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::H2Stream;
+use super::log::{ConnectionLog, ConnectionRecord, Direction, Negotiated};
 
 /// Any byte stream a dialer can return.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -31,7 +33,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 #[async_trait]
 pub trait Dialer: Send + Sync + 'static {
     /// Connects to `addr`.
-    async fn dial(&self, addr: SocketAddr) -> io::Result<Box<dyn Io>>;
+    async fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream>;
 }
 
 /// Which pooled connection a stream may use.
@@ -97,7 +99,9 @@ impl TunnelError {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Bytes>>>>;
+/// A pooled connection: its request handle and its record in the log.
+type Pooled = (SendRequest<Bytes>, Option<Arc<ConnectionRecord>>);
+type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
 /// Tuning of the client.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +128,7 @@ pub struct HbonePool {
     dialer: Arc<dyn Dialer>,
     config: ClientConfig,
     slots: Mutex<HashMap<PoolKey, Slot>>,
+    log: Option<(Arc<ConnectionLog>, String)>,
 }
 
 impl HbonePool {
@@ -140,7 +145,15 @@ impl HbonePool {
             dialer,
             config,
             slots: Mutex::new(HashMap::new()),
+            log: None,
         }
+    }
+
+    /// Records every connection this pool opens in `log`, on behalf of
+    /// `pod` (`namespace/name`).
+    pub fn with_log(mut self, log: Arc<ConnectionLog>, pod: String) -> Self {
+        self.log = Some((log, pod));
+        self
     }
 
     /// Number of pooled connections (live or not yet found dead).
@@ -173,7 +186,7 @@ impl HbonePool {
     ) -> Result<H2Stream, TunnelError> {
         let addr = key.destination;
         let h2_err = |source| TunnelError::Http2 { addr, source };
-        let sender = self.sender(key, source, fresh).await?;
+        let (sender, record) = self.sender(key, source, fresh).await?;
         let mut sender = sender.ready().await.map_err(h2_err)?;
         let mut request = Request::new(());
         *request.method_mut() = Method::CONNECT;
@@ -190,6 +203,9 @@ impl HbonePool {
                 status: response.status(),
             });
         }
+        if let Some(record) = record {
+            record.stream_opened();
+        }
         Ok(H2Stream::new(send, response.into_body()))
     }
 
@@ -199,7 +215,7 @@ impl HbonePool {
         key: &PoolKey,
         source: &Svid,
         fresh: bool,
-    ) -> Result<SendRequest<Bytes>, TunnelError> {
+    ) -> Result<Pooled, TunnelError> {
         let slot = self
             .slots
             .lock()
@@ -209,25 +225,22 @@ impl HbonePool {
             .clone();
         // Concurrent first uses of a key wait for one handshake, not one each.
         let mut guard = slot.lock().await;
-        if !fresh && let Some(sender) = guard.as_ref() {
-            return Ok(sender.clone());
+        if !fresh && let Some(pooled) = guard.as_ref() {
+            return Ok(pooled.clone());
         }
-        let sender = self.handshake(key, source).await?;
-        *guard = Some(sender.clone());
-        Ok(sender)
+        let pooled = self.handshake(key, source).await?;
+        *guard = Some(pooled.clone());
+        Ok(pooled)
     }
 
-    async fn handshake(
-        &self,
-        key: &PoolKey,
-        source: &Svid,
-    ) -> Result<SendRequest<Bytes>, TunnelError> {
+    async fn handshake(&self, key: &PoolKey, source: &Svid) -> Result<Pooled, TunnelError> {
         let addr = key.destination;
         let tcp = self
             .dialer
             .dial(addr)
             .await
             .map_err(|source| TunnelError::Connect { addr, source })?;
+        let local = tcp.local_addr().ok();
         let verifier = Arc::new(SpiffeServerVerifier::new(
             self.bundle.clone(),
             self.trust_domain.clone(),
@@ -241,6 +254,17 @@ impl HbonePool {
             .connect(name, tcp)
             .await
             .map_err(|source| TunnelError::Tls { addr, source })?;
+        let record = match (&self.log, local) {
+            (Some((log, pod)), Some(local)) => Some(log.record(ConnectionRecord::new(
+                Direction::Outbound,
+                pod.clone(),
+                local,
+                addr,
+                (&key.source, &key.destination_identity),
+                Negotiated::of(stream.get_ref().1),
+            ))),
+            _ => None,
+        };
         let (sender, conn) = h2::client::Builder::new()
             .initial_window_size(self.config.stream_window)
             .initial_connection_window_size(self.config.connection_window)
@@ -248,12 +272,16 @@ impl HbonePool {
             .await
             .map_err(|source| TunnelError::Http2 { addr, source })?;
         let peer = key.destination_identity.clone();
+        let closing = record.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, %peer, error = %e, "HBONE connection closed");
             }
+            if let Some(record) = closing {
+                record.close();
+            }
         });
         tracing::debug!(%addr, source = %key.source, destination = %key.destination_identity, "HBONE connection established");
-        Ok(sender)
+        Ok((sender, record))
     }
 }

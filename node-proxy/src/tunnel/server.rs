@@ -1,6 +1,8 @@
 //! The HBONE server (port 15008 in each pod): terminates mTLS with the pod's
 //! certificate, then serves HTTP/2 CONNECT streams, asking an
-//! [`HboneHandler`] for each whether to admit it and where to connect.
+//! [`HboneHandler`] for each whether to admit it and where it goes: bytes
+//! relayed to an upstream connection, or the stream handed to a
+//! [`ServeStream`] that answers on it itself (the inbound HTTP server).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +40,30 @@ impl Refusal {
     }
 }
 
+/// Where an admitted stream goes.
+pub enum Admitted<U> {
+    /// Bytes are relayed between the stream and this connection.
+    Relay(U),
+    /// The stream is handed over, once the CONNECT is answered `200`.
+    Serve(Box<dyn ServeStream>),
+}
+
+impl<U> std::fmt::Debug for Admitted<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Relay(_) => "Admitted::Relay",
+            Self::Serve(_) => "Admitted::Serve",
+        })
+    }
+}
+
+/// Something that answers on an admitted stream itself.
+#[async_trait]
+pub trait ServeStream: Send + 'static {
+    /// Serves `stream` until it closes (or the future is dropped).
+    async fn serve(self: Box<Self>, stream: Box<dyn super::Io>);
+}
+
 /// What the server does with each admitted stream.
 #[async_trait]
 pub trait HboneHandler: Send + Sync + 'static {
@@ -52,6 +78,20 @@ pub trait HboneHandler: Send + Sync + 'static {
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> Result<Self::Upstream, Refusal>;
+
+    /// Decides on a CONNECT like [`Self::connect`], and may also hand the
+    /// stream to a [`ServeStream`] instead of relaying it. The server calls
+    /// this; by default it relays to what `connect` opens.
+    async fn admit(
+        &self,
+        peer: &SpiffeId,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<Admitted<Self::Upstream>, Refusal> {
+        self.connect(peer, peer_addr, target)
+            .await
+            .map(Admitted::Relay)
+    }
 }
 
 /// Tuning of the HBONE server.
@@ -65,6 +105,8 @@ pub struct ServerConfig {
     pub connection_window: u32,
     /// How long the HTTP/2 handshake may take.
     pub handshake_timeout: Duration,
+    /// A stream with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +116,7 @@ impl Default for ServerConfig {
             stream_window: 4 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -126,7 +169,7 @@ where
                 let _ = respond.send_response(reply(StatusCode::BAD_REQUEST), true);
                 return;
             };
-            let upstream = match handler.connect(&peer, peer_addr, target).await {
+            let admitted = match handler.admit(&peer, peer_addr, target).await {
                 Ok(u) => u,
                 Err(refusal) => {
                     tracing::info!(%peer, %target, reason = %refusal, "HBONE stream refused");
@@ -142,9 +185,15 @@ where
                 }
             };
             let mut tunnel = H2Stream::new(send, request.into_body());
-            let mut upstream = upstream;
-            match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
-                Ok((from_client, to_client)) => {
+            let mut upstream = match admitted {
+                Admitted::Relay(upstream) => upstream,
+                Admitted::Serve(service) => return service.serve(Box::new(tunnel)).await,
+            };
+            match crate::relay::relay(&mut tunnel, &mut upstream, config.idle_timeout).await {
+                Ok(crate::relay::Moved {
+                    a_to_b: from_client,
+                    b_to_a: to_client,
+                }) => {
                     tracing::debug!(%peer, %target, from_client, to_client, "HBONE stream closed")
                 }
                 Err(e) => {

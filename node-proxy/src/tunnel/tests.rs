@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::client::{ClientConfig, Io};
+use super::client::ClientConfig;
 use super::server::ServerConfig;
 use super::*;
 
@@ -56,8 +56,8 @@ struct Plain;
 
 #[async_trait]
 impl Dialer for Plain {
-    async fn dial(&self, addr: SocketAddr) -> io::Result<Box<dyn Io>> {
-        Ok(Box::new(TcpStream::connect(addr).await?))
+    async fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        TcpStream::connect(addr).await
     }
 }
 

@@ -198,6 +198,13 @@ impl ManifestSource {
             self.reload(path, &contents, stamp, content_hash, &mut updates);
         }
 
+        // The index first, then the report: whoever sees a document in the
+        // report can rely on the index holding this scan's objects.
+        let version = if updates.is_empty() {
+            self.index.read().version()
+        } else {
+            self.index.update(updates)
+        };
         if touched || dir_error.is_some() {
             let report = ManifestReport {
                 errors: self
@@ -220,11 +227,7 @@ impl ManifestSource {
                 true
             });
         }
-        if updates.is_empty() {
-            self.index.read().version()
-        } else {
-            self.index.update(updates)
-        }
+        version
     }
 
     fn reload(

@@ -1,0 +1,391 @@
+//! The node proxy's admin API (plain HTTP, bound to `127.0.0.1:15000` in the
+//! node's namespace by default, like ztunnel's):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /ready` | 200 once the node certificate, the first configuration and the restored pods are in place; 503 naming what is missing |
+//! | `GET /config_dump` | the configuration in force (JSON): version and every resource |
+//! | `GET /certs` | the node certificate and each workload certificate: SPIFFE ID, validity, seconds to expiry, renewal state |
+//! | `GET /pods` | the enrolled pods served |
+//! | `GET /connections` | HBONE connections open and recently closed: addresses, both SPIFFE IDs, TLS version, cipher, ALPN, streams |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /logging` | the log filter in force; `POST /logging?level=<filter>` changes it |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hawser_api::proto::discovery::ResourceType;
+use hawser_api::tls::Svid;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::dataplane::{DataPlane, Stats};
+use crate::discovery::NodeConfig;
+use crate::identity::{CertManager, ControlPlaneClient};
+use crate::inpod::InPod;
+
+/// Changes the log filter at run time.
+pub type SetLogFilter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// Startup milestones `/ready` waits for.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Pods persisted by the previous run were restored and the CNI socket
+    /// is served.
+    pub pods_restored: AtomicBool,
+}
+
+/// What the admin API reads.
+#[derive(Clone)]
+pub struct AdminState {
+    /// This node's name.
+    pub node_name: String,
+    /// The control plane connection (node certificate).
+    pub control_plane: Arc<ControlPlaneClient>,
+    /// The configuration in force.
+    pub config: watch::Receiver<Arc<NodeConfig>>,
+    /// Workload certificates.
+    pub certs: CertManager,
+    /// Enrolled pods.
+    pub inpod: InPod,
+    /// The data plane (connections, counters).
+    pub dataplane: DataPlane,
+    /// Startup milestones.
+    pub readiness: Arc<Readiness>,
+    /// The log filter in force.
+    pub log_filter: Arc<parking_lot::Mutex<String>>,
+    /// Changes it.
+    pub set_log_filter: SetLogFilter,
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "admin connection failed");
+            }
+        });
+    }
+}
+
+fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/ready") => ready(state),
+        (&Method::GET, "/config_dump") => json_response(&config_dump(&state.config.borrow())),
+        (&Method::GET, "/certs") => json_response(&certs(state)),
+        (&Method::GET, "/pods") => json_response(&pods(state)),
+        (&Method::GET, "/connections") => {
+            let connections = state.dataplane.connections().snapshot();
+            let connections: Vec<&crate::tunnel::ConnectionRecord> =
+                connections.iter().map(|c| c.as_ref()).collect();
+            json_response(&json!({ "connections": connections }))
+        }
+        (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(state)),
+        (&Method::GET, "/logging") => text(
+            StatusCode::OK,
+            format!("{}\n", state.log_filter.lock().as_str()),
+        ),
+        (&Method::POST, "/logging") => {
+            let level = req.uri().query().and_then(|q| {
+                form_pairs(q)
+                    .into_iter()
+                    .find_map(|(k, v)| (k == "level").then_some(v))
+            });
+            let Some(level) = level else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "missing ?level=<filter>, e.g. level=info,hawser_node_proxy=debug\n".into(),
+                );
+            };
+            match (state.set_log_filter)(&level) {
+                Ok(now) => {
+                    tracing::info!(filter = %now, "log filter changed");
+                    text(StatusCode::OK, format!("{now}\n"))
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        (_, "/ready" | "/config_dump" | "/certs" | "/pods" | "/connections" | "/metrics") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served here\n".into(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /ready /config_dump /certs /pods /connections /metrics /logging\n"
+                .into(),
+        ),
+    }
+}
+
+/// `a=b&c=d` with `%xx` and `+` decoded.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((decode(k), decode(v)))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn ready(state: &AdminState) -> Response<Full<Bytes>> {
+    let mut missing = Vec::new();
+    if state.control_plane.node_certificate().is_none() {
+        missing.push("node certificate");
+    }
+    if state.config.borrow().version() == 0 {
+        missing.push("first configuration from the control plane");
+    }
+    if !state.readiness.pods_restored.load(Ordering::Relaxed) {
+        missing.push("restoring enrolled pods");
+    }
+    if missing.is_empty() {
+        text(StatusCode::OK, "ready\n".into())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: waiting for {}\n", missing.join(", ")),
+        )
+    }
+}
+
+/// The configuration in force as JSON.
+pub fn config_dump(config: &NodeConfig) -> Value {
+    let resources: Vec<Value> = config
+        .resources()
+        .map(|r| {
+            let (kind, name) = r.name.as_ref().map_or(("", ""), |n| {
+                (
+                    ResourceType::try_from(n.r#type).map_or("unknown", |t| t.as_str_name()),
+                    n.name.as_str(),
+                )
+            });
+            json!({ "type": kind, "name": name, "version": r.version, "resource": r.kind })
+        })
+        .collect();
+    json!({ "version": config.version(), "resources": resources })
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn svid_json(svid: &Svid) -> Value {
+    let now = SystemTime::now();
+    json!({
+        "spiffe_id": svid.id().to_string(),
+        "not_before_unix": unix(svid.not_before()),
+        "not_after_unix": unix(svid.not_after()),
+        "expires_in_s": svid.not_after().duration_since(now).map(|d| d.as_secs()).unwrap_or(0),
+        "chain_length": svid.chain().len(),
+    })
+}
+
+fn certs(state: &AdminState) -> Value {
+    let now = tokio::time::Instant::now();
+    let workloads: Vec<Value> = state
+        .certs
+        .certificates()
+        .into_iter()
+        .map(|c| {
+            json!({
+                "pod": format!("{}/{}", c.workload.namespace, c.workload.pod_name),
+                "uid": c.workload.pod_uid,
+                "certificate": c.svid.as_ref().map(svid_json),
+                "next_attempt_in_s": c.next_attempt.map(|t| t.saturating_duration_since(now).as_secs()),
+                "last_error": c.last_error,
+            })
+        })
+        .collect();
+    json!({
+        "node": {
+            "name": state.node_name,
+            "certificate": state.control_plane.node_certificate().as_ref().map(svid_json),
+        },
+        "workloads": workloads,
+    })
+}
+
+fn pods(state: &AdminState) -> Value {
+    let pods: Vec<Value> = state
+        .inpod
+        .pods()
+        .iter()
+        .map(|p| {
+            json!({
+                "namespace": p.workload.namespace,
+                "name": p.workload.pod_name,
+                "uid": p.workload.pod_uid,
+                "container_id": p.container_id.as_str(),
+                "ips": p.ips,
+                "netns": { "dev": p.netns.id().dev, "ino": p.netns.id().ino },
+                "draining": p.drain.is_draining(),
+            })
+        })
+        .collect();
+    json!({ "pods": pods })
+}
+
+fn metrics(state: &AdminState) -> String {
+    let s: &Stats = &state.dataplane.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let config = state.config.borrow();
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, series: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (labels, v) in series {
+            if labels.is_empty() {
+                out.push_str(&format!("{name} {v}\n"));
+            } else {
+                out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+            }
+        }
+    };
+    counter(
+        "hawser_outbound_connections_total",
+        "Outbound connections captured, by outcome.",
+        &[
+            ("outcome=\"http\"", load(&s.outbound_http)),
+            ("outcome=\"hbone\"", load(&s.outbound_hbone)),
+            ("outcome=\"plain\"", load(&s.outbound_plain)),
+            ("outcome=\"no_endpoints\"", load(&s.outbound_no_endpoints)),
+            ("outcome=\"denied\"", load(&s.outbound_denied)),
+            ("outcome=\"failed\"", load(&s.outbound_failed)),
+        ],
+    );
+    counter(
+        "hawser_hbone_connections_total",
+        "HBONE connections on pods' 15008, by outcome.",
+        &[
+            ("outcome=\"accepted\"", load(&s.hbone_accepted)),
+            (
+                "outcome=\"handshake_failed\"",
+                load(&s.hbone_handshake_failed),
+            ),
+        ],
+    );
+    counter(
+        "hawser_inbound_authorization_total",
+        "Inbound streams and plaintext connections, by authorization decision.",
+        &[
+            ("decision=\"allow\"", load(&s.inbound.allowed)),
+            ("decision=\"deny\"", load(&s.inbound.denied)),
+        ],
+    );
+    counter(
+        "hawser_relayed_bytes_total",
+        "Bytes relayed for local pods' outbound connections.",
+        &[
+            ("direction=\"sent\"", load(&s.bytes_out)),
+            ("direction=\"received\"", load(&s.bytes_in)),
+        ],
+    );
+    out.push_str(&format!(
+        "# HELP hawser_config_version The configuration version in force.\n# TYPE hawser_config_version gauge\nhawser_config_version {}\n",
+        config.version()
+    ));
+    out.push_str(&format!(
+        "# HELP hawser_pods The enrolled pods served.\n# TYPE hawser_pods gauge\nhawser_pods {}\n",
+        state.inpod.len()
+    ));
+    out.push_str(&format!(
+        "# HELP hawser_hbone_open_connections HBONE connections open.\n# TYPE hawser_hbone_open_connections gauge\nhawser_hbone_open_connections {}\n",
+        state.dataplane.connections().open()
+    ));
+    out
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn json_response(value: &Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            form_pairs("level=info%2Chawser_node_proxy%3Ddebug&x=a+b"),
+            vec![
+                ("level".into(), "info,hawser_node_proxy=debug".into()),
+                ("x".into(), "a b".into())
+            ]
+        );
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+}

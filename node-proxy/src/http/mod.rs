@@ -1,0 +1,142 @@
+//! The outbound L7 engine: what happens to each HTTP request a pod sends to
+//! a Service port that speaks HTTP (see [`is_http`]).
+//!
+//! A captured client connection is served by [`HttpOutbound::serve`]
+//! (HTTP/1.1 or HTTP/2 with prior knowledge, detected). Every request, also
+//! on kept-alive connections, is routed on its own: the destination
+//! Service port and the client's namespace select a route table (consumer
+//! routes of that namespace, else producer routes, else none: straight to
+//! the Service's endpoints); the table's first matching entry selects a
+//! rule; the rule's filters edit, redirect or mirror the request; a backend
+//! is chosen by weight; an endpoint by power of two choices over requests in
+//! flight; and the request is sent over a pooled upstream connection opened
+//! by the client's [`UpstreamConnector`], within the rule's timeouts and
+//! retried per its policy and the retry budget.
+//!
+//! - [`routes`]: the route tables of one config version, compiled.
+//! - `matching`: request → rule, `filters`: header, path and redirect edits.
+//! - `proxy`: [`HttpOutbound`], the per-request flow and connection serving.
+//! - `pool`: upstream HTTP connections per (connector, endpoint).
+//! - `retry`: retry budget and backoff, `body`: replayable and mirrored bodies.
+//! - `respond`: the one place errors become responses ([`HttpError`]).
+
+mod body;
+mod filters;
+mod matching;
+mod metrics;
+mod pool;
+mod proxy;
+mod respond;
+mod retry;
+pub mod routes;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use body::{BoxError, HttpBody};
+pub use metrics::{HttpMetrics, MetricsSnapshot};
+pub use pool::UpstreamError;
+pub use proxy::HttpOutbound;
+pub use respond::HttpError;
+pub use retry::BudgetSettings;
+pub use routes::{Routes, ServiceKey, UpstreamProtocol};
+
+/// Opens byte streams to endpoints on behalf of one client pod.
+#[async_trait]
+pub trait UpstreamConnector: Send + Sync + 'static {
+    /// Opens a byte stream to `endpoint` (pod IP:target port) on behalf of the client pod.
+    /// In production: HBONE through the destination pod's node proxy, or plain TCP from the pod's netns.
+    async fn connect(
+        &self,
+        endpoint: SocketAddr,
+    ) -> std::io::Result<Box<dyn crate::tunnel::client::Io>>;
+}
+
+/// Who sent a captured connection and where it was going.
+#[derive(Clone)]
+pub struct ClientContext {
+    /// The client pod's namespace (selects consumer routes).
+    pub namespace: String,
+    /// The connection's original destination: a Service VIP and port (any
+    /// other address is passed through to itself, without routes).
+    pub destination: SocketAddr,
+    /// Opens upstream connections for this client. Upstream connections are
+    /// pooled per connector: share one connector per client pod to reuse
+    /// connections across that pod's client connections.
+    pub connector: Arc<dyn UpstreamConnector>,
+}
+
+impl std::fmt::Debug for ClientContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientContext")
+            .field("namespace", &self.namespace)
+            .field("destination", &self.destination)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Engine settings (defaults suit production).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    /// Request bodies up to this size are kept so the request can be retried.
+    pub max_replay_body: usize,
+    /// Request bytes queued for a mirror before the mirrored copy is abandoned.
+    pub max_mirror_body: usize,
+    /// Retries after the first attempt when a rule's retry sets no `attempts`.
+    pub default_retry_attempts: u32,
+    /// Wait before the first retry when a rule's retry sets no `backoff`.
+    pub default_retry_backoff: Duration,
+    /// Longest wait between attempts (never below the rule's backoff).
+    pub max_retry_backoff: Duration,
+    /// Retry budget per destination Service.
+    pub retry_budget: BudgetSettings,
+    /// Idle HTTP/1.1 connections kept per endpoint and connector.
+    pub max_idle_per_endpoint: usize,
+    /// How long an idle HTTP/1.1 connection is kept.
+    pub idle_timeout: Duration,
+    /// How long a mirrored request may take before it is abandoned.
+    pub mirror_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            max_replay_body: 64 * 1024,
+            max_mirror_body: 64 * 1024,
+            default_retry_attempts: 2,
+            default_retry_backoff: Duration::from_millis(25),
+            max_retry_backoff: Duration::from_secs(1),
+            retry_budget: BudgetSettings::default(),
+            max_idle_per_endpoint: 32,
+            idle_timeout: Duration::from_secs(90),
+            mirror_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether a Service port carries HTTP and is parsed per request:
+/// `appProtocol` `http`, `kubernetes.io/http`, `kubernetes.io/h2c`, `h2c`,
+/// `http2`, `grpc` or `kubernetes.io/ws`; or, when `appProtocol` is unset,
+/// a port name starting with `http` or `grpc` (Istio's convention).
+pub fn is_http(app_protocol: &str, port_name: &str) -> bool {
+    if !app_protocol.is_empty() {
+        return matches!(
+            app_protocol.to_ascii_lowercase().as_str(),
+            "http"
+                | "kubernetes.io/http"
+                | "kubernetes.io/h2c"
+                | "h2c"
+                | "http2"
+                | "grpc"
+                | "kubernetes.io/ws"
+        );
+    }
+    let name = port_name.to_ascii_lowercase();
+    name.starts_with("http") || name.starts_with("grpc")
+}

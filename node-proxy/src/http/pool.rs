@@ -1,0 +1,380 @@
+//! Upstream HTTP connections, pooled per (connector, endpoint, protocol).
+//!
+//! HTTP/2 endpoints share one multiplexed connection, reopened when it
+//! closes. HTTP/1.1 connections carry one request at a time: a connection
+//! goes back to the idle list once its response body has been read to the
+//! end (or dropped) and the connection is ready again. Connections are
+//! keyed by the [`UpstreamConnector`] that opened them, so a connection
+//! opened on behalf of one client pod never carries another pod's
+//! requests. Upgrades (WebSocket) use a dedicated connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::UpstreamConnector;
+use super::body::{BoxError, HttpBody, boxed};
+use super::routes::UpstreamProtocol;
+
+/// Why an upstream request failed before a response arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The connection could not be opened (connect or handshake).
+    #[error("connecting to {addr} failed: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The connection failed while the request was in flight.
+    #[error("request to {addr} failed: {source}")]
+    Request {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the failure is a connection error worth a retry (not a
+    /// failure of the client's own request body).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Request { source, .. } => !source.is_user(),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    /// The connector's address: connections are never shared between
+    /// connectors. Each entry holds the connector alive, so the address
+    /// cannot be reused by another connector while the entry exists.
+    connector: usize,
+    addr: SocketAddr,
+    protocol: UpstreamProtocol,
+}
+
+struct Idle {
+    sender: http1::SendRequest<HttpBody>,
+    since: Instant,
+}
+
+struct Entry {
+    _connector: Arc<dyn UpstreamConnector>,
+    h2: Option<http2::SendRequest<HttpBody>>,
+    idle: Vec<Idle>,
+}
+
+/// Pooled upstream connections.
+pub struct Pool {
+    entries: Mutex<HashMap<Key, Entry>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connects: AtomicU64,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("connects", &self.connects.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<HttpBody>),
+    H2(http2::SendRequest<HttpBody>),
+}
+
+impl Pool {
+    /// A pool keeping at most `max_idle` idle HTTP/1.1 connections per
+    /// endpoint, each for at most `idle_timeout`.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            max_idle,
+            idle_timeout,
+            connects: AtomicU64::new(0),
+        })
+    }
+
+    /// Upstream connections opened so far.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    fn key(connector: &Arc<dyn UpstreamConnector>, addr: SocketAddr, p: UpstreamProtocol) -> Key {
+        Key {
+            connector: Arc::as_ptr(connector).cast::<()>() as usize,
+            addr,
+            protocol: p,
+        }
+    }
+
+    /// A pooled sender for the key, if one is usable.
+    fn checkout(&self, key: &Key) -> Option<Sender> {
+        let mut entries = self.entries.lock();
+        let entry = entries.get_mut(key)?;
+        match key.protocol {
+            UpstreamProtocol::Http2 => match &entry.h2 {
+                Some(h2) if !h2.is_closed() => Some(Sender::H2(h2.clone())),
+                _ => {
+                    entry.h2 = None;
+                    None
+                }
+            },
+            UpstreamProtocol::Http1 => {
+                let now = Instant::now();
+                while let Some(idle) = entry.idle.pop() {
+                    if idle.sender.is_ready() && now.duration_since(idle.since) < self.idle_timeout
+                    {
+                        return Some(Sender::H1(idle.sender));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn checkin(&self, key: Key, connector: &Arc<dyn UpstreamConnector>, sender: Sender) {
+        let mut entries = self.entries.lock();
+        let entry = entries.entry(key).or_insert_with(|| Entry {
+            _connector: connector.clone(),
+            h2: None,
+            idle: Vec::new(),
+        });
+        match sender {
+            Sender::H2(h2) => entry.h2 = Some(h2),
+            Sender::H1(sender) => {
+                let now = Instant::now();
+                let timeout = self.idle_timeout;
+                entry
+                    .idle
+                    .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+                if entry.idle.len() < self.max_idle {
+                    entry.idle.push(Idle { sender, since: now });
+                }
+            }
+        }
+    }
+
+    /// Forgets every connection whose key has nothing pooled any more.
+    fn prune(&self, key: &Key) {
+        let mut entries = self.entries.lock();
+        if let Some(entry) = entries.get(key)
+            && entry.h2.is_none()
+            && entry.idle.is_empty()
+        {
+            entries.remove(key);
+        }
+    }
+
+    async fn open(
+        &self,
+        connector: &Arc<dyn UpstreamConnector>,
+        addr: SocketAddr,
+    ) -> Result<TokioIo<Box<dyn crate::tunnel::client::Io>>, UpstreamError> {
+        let io = connector
+            .connect(addr)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                source: e.into(),
+            })?;
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        Ok(TokioIo::new(io))
+    }
+
+    async fn connect_h2(
+        &self,
+        connector: &Arc<dyn UpstreamConnector>,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<HttpBody>, UpstreamError> {
+        let io = self.open(connector, addr).await?;
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                source: e.into(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h1(
+        &self,
+        connector: &Arc<dyn UpstreamConnector>,
+        addr: SocketAddr,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<HttpBody>, UpstreamError> {
+        let io = self.open(connector, addr).await?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                source: e.into(),
+            })?;
+        tokio::spawn(async move {
+            let result = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(e) = result {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` to `addr` over a pooled (or new) connection opened by
+    /// `connector`. The request must already be in the form the protocol
+    /// needs (origin-form URI for HTTP/1.1, absolute URI for HTTP/2).
+    pub async fn send(
+        self: &Arc<Self>,
+        connector: &Arc<dyn UpstreamConnector>,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        req: Request<HttpBody>,
+    ) -> Result<Response<HttpBody>, UpstreamError> {
+        let key = Self::key(connector, addr, protocol);
+        let sender = match self.checkout(&key) {
+            Some(sender) => sender,
+            None => match protocol {
+                UpstreamProtocol::Http2 => {
+                    let h2 = self.connect_h2(connector, addr).await?;
+                    self.checkin(key.clone(), connector, Sender::H2(h2.clone()));
+                    Sender::H2(h2)
+                }
+                UpstreamProtocol::Http1 => {
+                    Sender::H1(self.connect_h1(connector, addr, false).await?)
+                }
+            },
+        };
+        let request_err = |source| UpstreamError::Request { addr, source };
+        match sender {
+            Sender::H2(mut h2) => {
+                let resp = h2.send_request(req).await.map_err(request_err)?;
+                Ok(resp.map(boxed))
+            }
+            Sender::H1(mut h1) => {
+                let resp = h1.send_request(req).await.map_err(|e| {
+                    self.prune(&key);
+                    request_err(e)
+                })?;
+                let giveback = GiveBack {
+                    pool: Arc::downgrade(self),
+                    key,
+                    connector: connector.clone(),
+                    sender: Some(h1),
+                };
+                Ok(resp.map(|inner| boxed(PooledBody { inner, giveback })))
+            }
+        }
+    }
+
+    /// Sends an upgrade request (HTTP/1.1 `Upgrade`) over a new connection
+    /// that will hand its IO over on `101 Switching Protocols`.
+    pub async fn send_upgrade(
+        &self,
+        connector: &Arc<dyn UpstreamConnector>,
+        addr: SocketAddr,
+        req: Request<HttpBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut h1 = self.connect_h1(connector, addr, true).await?;
+        h1.send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Request { addr, source })
+    }
+}
+
+/// Returns an HTTP/1.1 connection to the pool once it is ready again.
+struct GiveBack {
+    pool: Weak<Pool>,
+    key: Key,
+    connector: Arc<dyn UpstreamConnector>,
+    sender: Option<http1::SendRequest<HttpBody>>,
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        let Some(mut sender) = self.sender.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        let key = self.key.clone();
+        let connector = self.connector.clone();
+        runtime.spawn(async move {
+            // Ready once the previous exchange completed; an error means the
+            // connection closed (e.g. the body was dropped before its end).
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                pool.checkin(key, &connector, Sender::H1(sender));
+            }
+        });
+    }
+}
+
+/// A response body over a pooled HTTP/1.1 connection.
+struct PooledBody {
+    inner: Incoming,
+    giveback: GiveBack,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            // Hand the connection back as soon as the body is complete.
+            let sender = self.giveback.sender.take();
+            let giveback = GiveBack {
+                pool: self.giveback.pool.clone(),
+                key: self.giveback.key.clone(),
+                connector: self.giveback.connector.clone(),
+                sender,
+            };
+            drop(giveback);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,746 @@
+//! [`HttpOutbound`]: serves captured client connections and carries out the
+//! route semantics per request (match, filters, weighted backend, endpoint
+//! choice, timeouts, retries, mirrors, upgrades).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::{Mutex, RwLock};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::body::{BoxError, HttpBody, ReplayBody, ResponseBody, Tee, boxed};
+use super::filters::{RedirectSource, modify_headers, redirect_location, rewrite_path, with_query};
+use super::matching::{RequestInfo, Selected, is_grpc, select};
+use super::metrics::{HttpMetrics, MetricsSnapshot};
+use super::pool::Pool;
+use super::respond::{HttpError, error_response, redirect_response};
+use super::retry::{RetryBudget, backoff, grpc_to_http};
+use super::routes::{
+    Backend, BackendTarget, Filter, HeaderModifier, Mirror, PortTarget, Routes, Rule, ServiceKey,
+    UpstreamProtocol,
+};
+use super::{ClientContext, HttpSettings};
+use crate::discovery::NodeConfig;
+use crate::outbound::{Balancer, Endpoint, InFlight};
+
+/// The outbound HTTP engine of one node proxy. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct HttpOutbound {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HttpOutbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpOutbound")
+            .field("metrics", &self.inner.metrics.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: watch::Receiver<Arc<NodeConfig>>,
+    /// The routes compiled from the config they were compiled from.
+    compiled: RwLock<(Arc<NodeConfig>, Arc<Routes>)>,
+    settings: HttpSettings,
+    balancer: Balancer,
+    pool: Arc<Pool>,
+    budgets: Mutex<HashMap<ServiceKey, Arc<RetryBudget>>>,
+    metrics: HttpMetrics,
+}
+
+/// The request as it will be forwarded, edited by filters.
+struct Outgoing {
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    /// `Host` / `:authority` to send (after any hostname rewrite).
+    host: Option<String>,
+}
+
+impl Outgoing {
+    /// The request for one attempt, in the form `protocol` needs.
+    fn build(
+        &self,
+        protocol: UpstreamProtocol,
+        endpoint: SocketAddr,
+        body: HttpBody,
+    ) -> Result<Request<HttpBody>, HttpError> {
+        let path_and_query = with_query(&self.path, &self.query);
+        let mut headers = self.headers.clone();
+        let (uri, version) = match protocol {
+            UpstreamProtocol::Http1 => {
+                if let Some(host) = &self.host {
+                    let value = http::HeaderValue::from_str(host)
+                        .map_err(|_| HttpError::BadRequest(format!("invalid host {host:?}")))?;
+                    headers.insert(HOST, value);
+                }
+                (path_and_query, Version::HTTP_11)
+            }
+            UpstreamProtocol::Http2 => {
+                headers.remove(HOST);
+                let authority = self.host.clone().unwrap_or_else(|| endpoint.to_string());
+                (
+                    format!("http://{authority}{path_and_query}"),
+                    Version::HTTP_2,
+                )
+            }
+        };
+        let uri: Uri = uri
+            .parse()
+            .map_err(|e| HttpError::BadRequest(format!("invalid request target: {e}")))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+/// Where a request goes once its route (if any) is applied.
+struct Plan<'a> {
+    endpoints: &'a [Endpoint],
+    protocol: UpstreamProtocol,
+    /// The Service, for errors and the retry budget (`None`: not a Service).
+    service: Option<(&'a ServiceKey, u16)>,
+    rule: Option<&'a Rule>,
+    response_filters: Vec<&'a HeaderModifier>,
+}
+
+/// Names the connection-specific headers of `headers` (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if !keep_upgrade {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn choose_backend(backends: &[Backend], total: u64) -> Option<&Backend> {
+    let mut n = rand::random_range(0..total);
+    backends.iter().find(|b| {
+        let w = u64::from(b.weight);
+        if n < w {
+            true
+        } else {
+            n -= w;
+            false
+        }
+    })
+}
+
+fn sampled(m: &Mirror) -> bool {
+    if m.denominator == 0 || m.numerator >= m.denominator {
+        return true;
+    }
+    rand::random_range(0..m.denominator) < m.numerator
+}
+
+/// The status retry codes are compared with: the HTTP status, or for a
+/// trailers-only gRPC response the HTTP code its `grpc-status` maps to.
+fn retry_status<B>(resp: &Response<B>) -> u16 {
+    resp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(grpc_to_http)
+        .unwrap_or_else(|| resp.status().as_u16())
+}
+
+impl HttpOutbound {
+    /// An engine following `config` (the routes are recompiled when a new
+    /// config is published).
+    pub fn new(config: watch::Receiver<Arc<NodeConfig>>, settings: HttpSettings) -> Self {
+        let current = config.borrow().clone();
+        let routes = Arc::new(Routes::new(&current));
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                compiled: RwLock::new((current, routes)),
+                pool: Pool::new(settings.max_idle_per_endpoint, settings.idle_timeout),
+                settings,
+                balancer: Balancer::default(),
+                budgets: Mutex::new(HashMap::new()),
+                metrics: HttpMetrics::default(),
+            }),
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// Upstream connections opened so far.
+    pub fn upstream_connects(&self) -> u64 {
+        self.inner.pool.connects()
+    }
+
+    /// The routes of the current config (compiled once per config).
+    pub fn routes(&self) -> Arc<Routes> {
+        let config = self.inner.config.borrow().clone();
+        {
+            let compiled = self.inner.compiled.read();
+            if Arc::ptr_eq(&compiled.0, &config) {
+                return compiled.1.clone();
+            }
+        }
+        let routes = Arc::new(Routes::new(&config));
+        tracing::debug!(version = config.version(), "compiled HTTP routes");
+        *self.inner.compiled.write() = (config, routes.clone());
+        routes
+    }
+
+    fn budget(&self, service: &ServiceKey) -> Arc<RetryBudget> {
+        self.inner
+            .budgets
+            .lock()
+            .entry(service.clone())
+            .or_insert_with(|| Arc::new(RetryBudget::new(self.inner.settings.retry_budget)))
+            .clone()
+    }
+
+    /// Serves one captured client connection (HTTP/1.1 or HTTP/2 with
+    /// prior knowledge) until it closes. Dropping the future closes it.
+    pub async fn serve<IO>(&self, io: IO, client: ClientContext)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let client = Arc::new(client);
+        let destination = client.destination;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let this = this.clone();
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, &client).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .await
+        {
+            tracing::debug!(%destination, error = %e, "client HTTP connection ended");
+        }
+    }
+
+    /// Routes and forwards one request; every failure becomes a response.
+    pub async fn handle<B>(&self, req: Request<B>, client: &ClientContext) -> Response<HttpBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let grpc = is_grpc(req.headers());
+        let span = tracing::debug_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            destination = %client.destination,
+            client_ns = %client.namespace,
+        );
+        let result = self.route(req, client, grpc).instrument(span.clone()).await;
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                if matches!(
+                    e,
+                    HttpError::RequestTimeout(_) | HttpError::BackendTimeout(_)
+                ) {
+                    self.inner.metrics.timeout();
+                }
+                span.in_scope(
+                    || tracing::info!(error = %e, status = %e.status(), "request failed"),
+                );
+                error_response(&e, grpc)
+            }
+        };
+        self.inner.metrics.response(resp.status());
+        span.in_scope(|| {
+            tracing::debug!(
+                status = resp.status().as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "response"
+            )
+        });
+        resp
+    }
+
+    async fn route<B>(
+        &self,
+        mut req: Request<B>,
+        client: &ClientContext,
+        grpc: bool,
+    ) -> Result<Response<HttpBody>, HttpError>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let routes = self.routes();
+        let (mut parts, body) = req.into_parts();
+        let mut body = boxed(body);
+        let original_host = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        let path = match parts.uri.path() {
+            "" => "/",
+            p => p,
+        };
+        let query = parts.uri.query().unwrap_or("");
+        let mut out = Outgoing {
+            method: parts.method.clone(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers: parts.headers.clone(),
+            host: original_host.clone(),
+        };
+
+        let Some(target) = routes.by_vip(client.destination).cloned() else {
+            // Not a Service: straight to the address the client asked for.
+            let endpoints = [Endpoint {
+                addr: client.destination,
+                workload_uid: String::new(),
+            }];
+            let protocol = if parts.version == Version::HTTP_2 {
+                UpstreamProtocol::Http2
+            } else {
+                UpstreamProtocol::Http1
+            };
+            let plan = Plan {
+                endpoints: &endpoints,
+                protocol,
+                service: None,
+                rule: None,
+                response_filters: Vec::new(),
+            };
+            return self.forward(&out, body, plan, client, upgrade).await;
+        };
+        let Some(table) = routes
+            .table(&target.service, target.port, &client.namespace)
+            .cloned()
+        else {
+            let plan = Plan {
+                endpoints: &target.endpoints,
+                protocol: target.protocol,
+                service: Some((&target.service, target.port)),
+                rule: None,
+                response_filters: Vec::new(),
+            };
+            return self.forward(&out, body, plan, client, upgrade).await;
+        };
+
+        let info = RequestInfo {
+            method: &parts.method,
+            path,
+            query,
+            headers: &parts.headers,
+            grpc,
+        };
+        let Some(selected) = select(&table, &info) else {
+            return Err(HttpError::NoRoute {
+                method: parts.method.to_string(),
+                path: path.to_owned(),
+            });
+        };
+        let rule = &table.rules[selected.rule];
+        tracing::debug!(route = %rule.route, rule = rule.rule_index, "matched");
+        let source = RedirectSource {
+            scheme: "http",
+            host: original_host.as_deref().unwrap_or(""),
+            port: target.port,
+            path,
+            query,
+            prefix: &selected.prefix,
+        };
+        let mut response_filters = Vec::new();
+        let mut mirrors = Vec::new();
+        if let Some(resp) = apply_filters(
+            &rule.filters,
+            &mut out,
+            &selected,
+            &source,
+            &mut response_filters,
+            &mut mirrors,
+        ) {
+            return Ok(resp);
+        }
+        if rule.total_weight == 0 {
+            return Err(HttpError::NoBackends {
+                rule: format!("{}#{}", rule.route, rule.rule_index),
+            });
+        }
+        let backend = choose_backend(&rule.backends, rule.total_weight).ok_or_else(|| {
+            HttpError::NoBackends {
+                rule: format!("{}#{}", rule.route, rule.rule_index),
+            }
+        })?;
+        let (service, port) = match &backend.target {
+            BackendTarget::Invalid(reason) => {
+                return Err(HttpError::InvalidBackend(reason.clone()));
+            }
+            BackendTarget::Service { service, port } => (service, *port),
+        };
+        if let Some(resp) = apply_filters(
+            &backend.filters,
+            &mut out,
+            &selected,
+            &source,
+            &mut response_filters,
+            &mut mirrors,
+        ) {
+            return Ok(resp);
+        }
+        let backend_target: Arc<PortTarget> =
+            routes
+                .port(service, port)
+                .cloned()
+                .ok_or_else(|| HttpError::UnknownBackend {
+                    service: service.clone(),
+                    port,
+                })?;
+        for m in mirrors.into_iter().filter(|m| sampled(m)) {
+            body = self.mirror(m, &out, body, &routes, client);
+        }
+        let plan = Plan {
+            endpoints: &backend_target.endpoints,
+            protocol: backend_target.protocol,
+            service: Some((&backend_target.service, backend_target.port)),
+            rule: Some(rule),
+            response_filters,
+        };
+        self.forward(&out, body, plan, client, upgrade).await
+    }
+
+    /// Sends a copy of `out` to the mirror's Service, fire and forget;
+    /// returns the body to forward (a tee when the request has a body).
+    fn mirror(
+        &self,
+        m: &Mirror,
+        out: &Outgoing,
+        body: HttpBody,
+        routes: &Routes,
+        client: &ClientContext,
+    ) -> HttpBody {
+        let Some(target) = routes.port(&m.service, m.port).cloned() else {
+            tracing::debug!(service = %m.service, port = m.port, "mirror target unknown");
+            return body;
+        };
+        let (body, copy) = if body.is_end_stream() {
+            (body, super::body::empty())
+        } else {
+            let (tee, copy) = Tee::split(body, self.inner.settings.max_mirror_body);
+            (boxed(tee), copy)
+        };
+        let Some((endpoint, in_flight)) = self.inner.balancer.pick(&target.endpoints) else {
+            tracing::debug!(service = %m.service, port = m.port, "mirror has no ready endpoint");
+            return body;
+        };
+        let req = match out.build(target.protocol, endpoint.addr, copy) {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::debug!(error = %e, "mirror request not built");
+                return body;
+            }
+        };
+        self.inner.metrics.mirror();
+        let pool = self.inner.pool.clone();
+        let connector = client.connector.clone();
+        let timeout = self.inner.settings.mirror_timeout;
+        tokio::spawn(
+            async move {
+                let _in_flight = in_flight;
+                let exchange = async {
+                    let resp = pool
+                        .send(&connector, endpoint.addr, target.protocol, req)
+                        .await?;
+                    let status = resp.status();
+                    // Read the answer so the connection can be reused.
+                    let _ = resp.into_body().collect().await;
+                    Ok::<_, super::pool::UpstreamError>(status)
+                };
+                match tokio::time::timeout(timeout, exchange).await {
+                    Ok(Ok(status)) => tracing::debug!(%status, "mirrored"),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "mirror failed"),
+                    Err(_) => tracing::debug!("mirror timed out"),
+                }
+            }
+            .in_current_span(),
+        );
+        body
+    }
+
+    async fn forward(
+        &self,
+        out: &Outgoing,
+        body: HttpBody,
+        plan: Plan<'_>,
+        client: &ClientContext,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<HttpBody>, HttpError> {
+        if let Some(upgrade) = upgrade {
+            return self
+                .forward_upgrade(out, body, &plan, client, upgrade)
+                .await;
+        }
+        let timeout = plan.rule.and_then(|r| r.request_timeout);
+        let deadline = timeout.map(|t| (Instant::now() + t, t));
+        let attempts = self.attempts(out, body, &plan, client, deadline.map(|(at, _)| at));
+        let (mut resp, in_flight) = match deadline {
+            Some((at, t)) => tokio::time::timeout_at(at, attempts)
+                .await
+                .map_err(|_| HttpError::RequestTimeout(t))??,
+            None => attempts.await?,
+        };
+        strip_hop_by_hop(resp.headers_mut(), false);
+        for m in &plan.response_filters {
+            modify_headers(resp.headers_mut(), m);
+        }
+        Ok(resp.map(|b| boxed(ResponseBody::new(b, deadline, Some(in_flight)))))
+    }
+
+    fn no_endpoints(plan: &Plan<'_>) -> HttpError {
+        match plan.service {
+            Some((service, port)) => HttpError::NoEndpoints {
+                service: service.clone(),
+                port,
+            },
+            None => HttpError::BadRequest("no destination".into()),
+        }
+    }
+
+    /// Tries, and retries per the rule, until a response to return.
+    async fn attempts(
+        &self,
+        out: &Outgoing,
+        body: HttpBody,
+        plan: &Plan<'_>,
+        client: &ClientContext,
+        deadline: Option<Instant>,
+    ) -> Result<(Response<HttpBody>, InFlight), HttpError> {
+        let settings = &self.inner.settings;
+        let policy = plan.rule.and_then(|r| r.retry.as_ref());
+        let backend_timeout = plan.rule.and_then(|r| r.backend_timeout);
+        let max_retries =
+            policy.map_or(0, |p| p.attempts.unwrap_or(settings.default_retry_attempts));
+        let budget = match (policy, plan.service) {
+            (Some(_), Some((service, _))) if max_retries > 0 => {
+                let budget = self.budget(service);
+                budget.deposit();
+                Some(budget)
+            }
+            _ => None,
+        };
+        let (mut first, replay) = match budget {
+            Some(_) => match ReplayBody::new(body, settings.max_replay_body) {
+                Ok(replay) => (None, Some(replay)),
+                Err(body) => (Some(body), None),
+            },
+            None => (Some(body), None),
+        };
+        let mut retries = 0u32;
+        loop {
+            let body = match (first.take(), &replay) {
+                (Some(body), _) => body,
+                (None, Some(replay)) => match replay.replay() {
+                    Some(copy) => boxed(copy),
+                    None => return Err(HttpError::BadRequest("request body lost".into())),
+                },
+                (None, None) => return Err(HttpError::BadRequest("request body lost".into())),
+            };
+            let (endpoint, in_flight) = self
+                .inner
+                .balancer
+                .pick(plan.endpoints)
+                .ok_or_else(|| Self::no_endpoints(plan))?;
+            let req = out.build(plan.protocol, endpoint.addr, body)?;
+            let sent = self
+                .inner
+                .pool
+                .send(&client.connector, endpoint.addr, plan.protocol, req);
+            let outcome = match backend_timeout {
+                Some(t) => match tokio::time::timeout(t, sent).await {
+                    Ok(r) => r.map_err(HttpError::from),
+                    Err(_) => Err(HttpError::BackendTimeout(t)),
+                },
+                None => sent.await.map_err(HttpError::from),
+            };
+            let Some(policy) = policy else {
+                return outcome.map(|r| (r, in_flight));
+            };
+            let retryable = match &outcome {
+                Ok(resp) => policy.codes.contains(&retry_status(resp)),
+                Err(HttpError::BackendTimeout(_)) => policy.codes.contains(&504),
+                Err(HttpError::Upstream(e)) => e.is_retryable(),
+                Err(_) => false,
+            };
+            if !retryable || retries >= max_retries {
+                return outcome.map(|r| (r, in_flight));
+            }
+            if !replay.as_ref().is_some_and(ReplayBody::is_replayable) {
+                tracing::debug!("not retrying: request body cannot be replayed");
+                return outcome.map(|r| (r, in_flight));
+            }
+            let base = policy.backoff.unwrap_or(settings.default_retry_backoff);
+            let wait = backoff(base, settings.max_retry_backoff, retries + 1);
+            if deadline.is_some_and(|at| Instant::now() + wait >= at) {
+                tracing::debug!("not retrying: the request timeout would pass");
+                return outcome.map(|r| (r, in_flight));
+            }
+            if !budget.as_ref().is_some_and(|b| b.withdraw()) {
+                self.inner.metrics.retry_denied();
+                tracing::debug!("not retrying: retry budget spent");
+                return outcome.map(|r| (r, in_flight));
+            }
+            retries += 1;
+            self.inner.metrics.retry();
+            match &outcome {
+                Ok(resp) => tracing::debug!(
+                    retry = retries,
+                    endpoint = %endpoint.addr,
+                    status = resp.status().as_u16(),
+                    "retrying"
+                ),
+                Err(e) => {
+                    tracing::debug!(retry = retries, endpoint = %endpoint.addr, error = %e, "retrying")
+                }
+            }
+            drop(outcome);
+            drop(in_flight);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Forwards an upgrade request over its own connection and, on `101`,
+    /// splices the client's and the upstream's connections together.
+    async fn forward_upgrade(
+        &self,
+        out: &Outgoing,
+        body: HttpBody,
+        plan: &Plan<'_>,
+        client: &ClientContext,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Result<Response<HttpBody>, HttpError> {
+        let (endpoint, in_flight) = self
+            .inner
+            .balancer
+            .pick(plan.endpoints)
+            .ok_or_else(|| Self::no_endpoints(plan))?;
+        let req = out.build(UpstreamProtocol::Http1, endpoint.addr, body)?;
+        let mut resp = self
+            .inner
+            .pool
+            .send_upgrade(&client.connector, endpoint.addr, req)
+            .await?;
+        for m in &plan.response_filters {
+            modify_headers(resp.headers_mut(), m);
+        }
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(resp.headers_mut(), false);
+            return Ok(resp.map(|b| boxed(ResponseBody::new(boxed(b), None, Some(in_flight)))));
+        }
+        self.inner.metrics.upgrade();
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let addr = endpoint.addr;
+        tokio::spawn(
+            async move {
+                let _in_flight = in_flight;
+                let (client_io, upstream_io) =
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok(ios) => ios,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "upgrade failed");
+                            return;
+                        }
+                    };
+                let mut client_io = TokioIo::new(client_io);
+                let mut upstream_io = TokioIo::new(upstream_io);
+                match tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
+                    Ok((up, down)) => {
+                        tracing::debug!(%addr, up, down, "upgraded connection closed")
+                    }
+                    Err(e) => tracing::debug!(%addr, error = %e, "upgraded connection failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(resp.map(|_| super::body::empty()))
+    }
+}
+
+/// Applies `filters` to `out`; a redirect ends the request with its response.
+fn apply_filters<'a>(
+    filters: &'a [Filter],
+    out: &mut Outgoing,
+    selected: &Selected,
+    source: &RedirectSource<'_>,
+    response_filters: &mut Vec<&'a HeaderModifier>,
+    mirrors: &mut Vec<&'a Mirror>,
+) -> Option<Response<HttpBody>> {
+    for f in filters {
+        match f {
+            Filter::RequestHeaders(m) => modify_headers(&mut out.headers, m),
+            Filter::ResponseHeaders(m) => response_filters.push(m),
+            Filter::Redirect(r) => {
+                let location = redirect_location(r, source);
+                tracing::debug!(%location, status = r.status.as_u16(), "redirect");
+                return Some(redirect_response(r.status, &location));
+            }
+            Filter::Rewrite(r) => {
+                if let Some(host) = &r.hostname {
+                    out.host = Some(host.clone());
+                }
+                if let Some(m) = &r.path {
+                    out.path = rewrite_path(&out.path, m, &selected.prefix);
+                }
+            }
+            Filter::Mirror(m) => mirrors.push(m),
+        }
+    }
+    None
+}

@@ -1,0 +1,467 @@
+//! The inbound HTTP server of one admitted stream to an HTTP port of a pod
+//! (an HBONE CONNECT stream, or a plaintext connection captured on 15006).
+//!
+//! The stream is served as HTTP/1.1 or HTTP/2 with prior knowledge (h2c),
+//! detected from its first bytes. Each request is authorized on its own:
+//! the L4 parts of the pod's policies (peer identity, namespace, ipBlock,
+//! port) and their L7 parts (method, path, after
+//! [`authz::normalize_path`]). A denied request is answered `403` with a
+//! short text body naming the policy (gRPC: `grpc-status` 7,
+//! PERMISSION_DENIED), logged at info with the reason and counted. An
+//! allowed one is forwarded to the app in the pod's network namespace over
+//! this stream's own upstream connection, opened on the first allowed
+//! request with the bypass mark and reused while it stays open: HTTP/1.1
+//! requests one after another, HTTP/2 requests multiplexed on one
+//! connection (the app speaks what the client speaks). Bodies and trailers
+//! (gRPC) are streamed through; upgrades (WebSocket) get a dedicated
+//! upstream connection and are spliced after the `101`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hawser_api::SpiffeId;
+use hawser_api::cni::PROXY_MARK;
+use http::header::{CONNECTION, CONTENT_TYPE, TE, TRANSFER_ENCODING, UPGRADE};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::{InboundStats, policies};
+use crate::authz::{self, Connection, Decision, HttpRequest};
+use crate::discovery::NodeConfig;
+use crate::http::{BoxError, HttpBody};
+use crate::inpod::NetnsHandle;
+use crate::tunnel::{Io, ServeStream};
+
+/// What a stream's HTTP server needs of its pod.
+#[derive(Clone)]
+pub struct PodAccess {
+    /// The pod's workload uid (selects its policies).
+    pub uid: Arc<str>,
+    /// Where the app is connected from.
+    pub netns: NetnsHandle,
+    /// The live config (policies are read per request).
+    pub config: watch::Receiver<Arc<NodeConfig>>,
+    /// Where decisions are counted.
+    pub stats: Arc<InboundStats>,
+}
+
+/// One admitted stream to an HTTP port, to be served as HTTP.
+pub struct HttpStream {
+    pod: PodAccess,
+    peer: Option<SpiffeId>,
+    peer_addr: SocketAddr,
+    target: SocketAddr,
+}
+
+impl HttpStream {
+    /// The stream from `peer` (None: plaintext) at `peer_addr` to the pod's
+    /// `target`.
+    pub fn new(
+        pod: PodAccess,
+        peer: Option<SpiffeId>,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Self {
+        Self {
+            pod,
+            peer,
+            peer_addr,
+            target,
+        }
+    }
+
+    /// Serves `io` until the client closes it.
+    pub async fn run<IO: Io>(self, io: IO) {
+        let who = self
+            .peer
+            .as_ref()
+            .map_or_else(|| "plaintext".to_owned(), ToString::to_string);
+        let span = tracing::info_span!(
+            "inbound_http",
+            pod = %self.pod.uid,
+            peer = %who,
+            peer_addr = %self.peer_addr,
+            target = %self.target,
+        );
+        let server = Arc::new(Server {
+            stream: self,
+            upstream: tokio::sync::Mutex::new(None),
+        });
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.handle(req).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        async move {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .await
+            {
+                tracing::debug!(error = %e, "inbound HTTP stream ended with an error");
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+#[async_trait]
+impl ServeStream for HttpStream {
+    async fn serve(self: Box<Self>, stream: Box<dyn Io>) {
+        self.run(stream).await;
+    }
+}
+
+/// The sending half of the stream's upstream connection.
+enum Sender {
+    H1(http1::SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>),
+}
+
+/// Why a request was answered here instead of by the app.
+#[derive(Debug, thiserror::Error)]
+enum LocalReply {
+    #[error("forbidden: {0}")]
+    Denied(String),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("connecting to the app at {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: BoxError,
+    },
+    #[error("request to the app at {addr} failed: {source}")]
+    Upstream {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl LocalReply {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// gRPC status codes: PERMISSION_DENIED, INTERNAL, UNAVAILABLE.
+    fn grpc_status(&self) -> u32 {
+        match self {
+            Self::Denied(_) => 7,
+            Self::BadRequest(_) => 13,
+            Self::Connect { .. } | Self::Upstream { .. } => 14,
+        }
+    }
+
+    /// The response: a short text body, or for gRPC a trailers-only `200`.
+    fn response(&self, grpc: bool) -> Response<HttpBody> {
+        let message = self.to_string();
+        if grpc {
+            let mut resp = Response::new(empty());
+            let headers = resp.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            let printable: String = message
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&printable.replace('%', "%25")) {
+                headers.insert("grpc-message", v);
+            }
+            return resp;
+        }
+        let mut resp = Response::new(
+            Full::new(Bytes::from(format!("{message}\n")))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+fn empty() -> HttpBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn boxed(body: Incoming) -> HttpBody {
+    body.map_err(BoxError::from).boxed()
+}
+
+/// The state of one served stream.
+struct Server {
+    stream: HttpStream,
+    /// The upstream connection reused by this stream's requests. A tokio
+    /// mutex: it is held while a connection is opened, so concurrent HTTP/2
+    /// requests share the one they wait for.
+    upstream: tokio::sync::Mutex<Option<Sender>>,
+}
+
+impl Server {
+    /// Authorizes, then forwards; every failure becomes a response.
+    async fn handle(&self, req: Request<Incoming>) -> Response<HttpBody> {
+        let grpc = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        let span =
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
+        let result = async {
+            let req = self.authorize(req)?;
+            self.forward(req).await
+        }
+        .instrument(span.clone())
+        .await;
+        result.unwrap_or_else(|reply| {
+            if !matches!(reply, LocalReply::Denied(_)) {
+                span.in_scope(|| tracing::info!(error = %reply, "request failed"));
+            }
+            reply.response(grpc)
+        })
+    }
+
+    /// The request if the pod's policies allow it, its path normalized.
+    fn authorize(&self, req: Request<Incoming>) -> Result<Request<Incoming>, LocalReply> {
+        let s = &self.stream;
+        let normalized = authz::normalize_path(req.uri().path());
+        let path = normalized.as_deref().unwrap_or(req.uri().path());
+        // Evaluated under the config borrow (no await inside): the policy in
+        // force is the one the latest config carries.
+        let eval = {
+            let config = s.pod.config.borrow();
+            authz::evaluate(
+                &policies(&config, &s.pod.uid),
+                &Connection {
+                    peer: s.peer.as_ref(),
+                    peer_ip: s.peer_addr.ip(),
+                    port: s.target.port(),
+                    request: Some(HttpRequest {
+                        method: req.method().as_str(),
+                        path,
+                    }),
+                },
+            )
+        };
+        for audit in &eval.audit_denials {
+            tracing::info!(method = %req.method(), %path, reason = %audit, "audit: would deny");
+        }
+        if let Decision::Deny { reason } = eval.decision {
+            s.pod.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(method = %req.method(), %path, %reason, "request denied");
+            return Err(LocalReply::Denied(reason));
+        }
+        s.pod.stats.requests_allowed.fetch_add(1, Ordering::Relaxed);
+        match normalized {
+            // Forwarded as authorized, so the app cannot read it differently.
+            Some(path) => with_path(req, &path),
+            None => Ok(req),
+        }
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<HttpBody>, LocalReply> {
+        if is_upgrade(&req) {
+            return self.forward_upgrade(req).await;
+        }
+        strip_hop_by_hop(req.headers_mut(), false);
+        let addr = self.stream.target;
+        let upstream = |source| LocalReply::Upstream { addr, source };
+        let mut resp = match self.sender(req.version() == Version::HTTP_2).await? {
+            Sender::H2(mut sender) => sender.send_request(req).await.map_err(upstream)?,
+            Sender::H1(mut sender) => {
+                let resp = sender.send_request(req).await.map_err(upstream)?;
+                // Back for the next request once this response is read (an
+                // HTTP/1.1 client sends it only then).
+                *self.upstream.lock().await = Some(Sender::H1(sender));
+                resp
+            }
+        };
+        strip_hop_by_hop(resp.headers_mut(), false);
+        Ok(resp.map(boxed))
+    }
+
+    /// A sender for the next request: the stream's connection if it is
+    /// still usable, else a new one.
+    async fn sender(&self, h2: bool) -> Result<Sender, LocalReply> {
+        let mut slot = self.upstream.lock().await;
+        if let Some(sender) = reusable(slot.take(), h2).await {
+            if let Sender::H2(shared) = &sender {
+                *slot = Some(Sender::H2(shared.clone()));
+            }
+            return Ok(sender);
+        }
+        let io = self.connect().await?;
+        let addr = self.stream.target;
+        let failed = |e: hyper::Error| LocalReply::Connect {
+            addr,
+            source: e.into(),
+        };
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(conn.in_current_span());
+            *slot = Some(Sender::H2(sender.clone()));
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = http1::handshake(io).await.map_err(failed)?;
+            tokio::spawn(conn.in_current_span());
+            Ok(Sender::H1(sender))
+        }
+    }
+
+    /// Opens a connection to the app from inside the pod.
+    async fn connect(&self) -> Result<TokioIo<tokio::net::TcpStream>, LocalReply> {
+        let s = &self.stream;
+        let tcp = s
+            .pod
+            .netns
+            .connect_tcp(s.target, PROXY_MARK)
+            .await
+            .map_err(|e| LocalReply::Connect {
+                addr: s.target,
+                source: e.into(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        tracing::debug!("connected to the app");
+        Ok(TokioIo::new(tcp))
+    }
+
+    /// Forwards an upgrade request over its own connection and, on `101`,
+    /// splices the client's and the app's connections together.
+    async fn forward_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<HttpBody>, LocalReply> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        strip_hop_by_hop(req.headers_mut(), true);
+        let addr = self.stream.target;
+        let (mut sender, conn) =
+            http1::handshake(self.connect().await?)
+                .await
+                .map_err(|e| LocalReply::Connect {
+                    addr,
+                    source: e.into(),
+                })?;
+        tokio::spawn(conn.with_upgrades().in_current_span());
+        let mut resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| LocalReply::Upstream { addr, source })?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(resp.headers_mut(), false);
+            return Ok(resp.map(boxed));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(
+            async move {
+                let (client, app) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(ios) => ios,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upgrade failed");
+                        return;
+                    }
+                };
+                let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+                match tokio::io::copy_bidirectional(&mut client, &mut app).await {
+                    Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                    Err(e) => tracing::debug!(error = %e, "upgraded connection failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(resp.map(|_| empty()))
+    }
+}
+
+/// `previous` if it can carry the next request: still open, and for
+/// HTTP/1.1 ready (the app may have closed it after the last response).
+async fn reusable(previous: Option<Sender>, h2: bool) -> Option<Sender> {
+    match previous? {
+        Sender::H2(sender) if h2 && !sender.is_closed() => Some(Sender::H2(sender)),
+        Sender::H1(mut sender) if !h2 => sender.ready().await.ok().map(|()| Sender::H1(sender)),
+        _ => None,
+    }
+}
+
+/// `req` with its path replaced by `path` (query, scheme, authority kept).
+fn with_path(req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, LocalReply> {
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(
+        PathAndQuery::from_maybe_shared(path_and_query)
+            .map_err(|e| LocalReply::BadRequest(format!("normalized path {path:?}: {e}")))?,
+    );
+    parts.uri = Uri::from_parts(uri)
+        .map_err(|e| LocalReply::BadRequest(format!("normalized path {path:?}: {e}")))?;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// An HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Removes the connection-specific headers (RFC 9110 §7.6.1); an upgrade
+/// keeps `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if !keep_upgrade {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,434 @@
+//! The inbound HTTP path end to end in-process: an HBONE CONNECT through
+//! [`serve_connection`] (h2 over an in-memory pipe, the peer identity given),
+//! [`PodInbound`] deciding per request, and a real hyper app on loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use hawser_api::SpiffeId;
+use hawser_api::proto::discovery::{
+    self as pb, AuthorizationAction, AuthorizationPolicy, AuthorizationRule, Destination,
+    PathMatch, Resource, ResourceName, ResourceType, Snapshot, Source, path_match, resource::Kind,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::discovery::NodeConfig;
+use crate::inbound::PodInbound;
+use crate::inpod::NetnsHandle;
+use crate::tunnel::server::ServerConfig;
+use crate::tunnel::{Admitted, H2Stream, Io, serve_connection};
+
+/// The app: answers `<method> <path>` (and `/grpc` with trailers, `/ws`
+/// with a `101` then an echo); counts the connections it accepted.
+async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let addr = l.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    let said = format!("{} {}", req.method(), req.uri().path());
+                    let resp = match req.uri().path() {
+                        "/grpc" => {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let body = Full::new(Bytes::from(said))
+                                .with_trailers(async move { Some(Ok(trailers)) });
+                            Response::new(body.boxed())
+                        }
+                        "/ws" => {
+                            let upgrade = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(io) = upgrade.await {
+                                    let mut io = TokioIo::new(io);
+                                    let mut buf = [0u8; 64];
+                                    while let Ok(n) = io.read(&mut buf).await {
+                                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            });
+                            let mut resp = Response::new(Empty::new().boxed());
+                            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                            resp.headers_mut()
+                                .insert("connection", http::HeaderValue::from_static("upgrade"));
+                            resp.headers_mut()
+                                .insert("upgrade", http::HeaderValue::from_static("websocket"));
+                            resp
+                        }
+                        _ => Response::new(Full::new(Bytes::from(said)).boxed()),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn res(kind: ResourceType, name: &str, k: Kind) -> Resource {
+    Resource {
+        name: Some(ResourceName {
+            r#type: kind as i32,
+            name: name.into(),
+        }),
+        version: 1,
+        kind: Some(k),
+    }
+}
+
+/// Pod `uid-api` at 127.0.0.1 with `policies`, behind Service `shop/api`
+/// whose port 80 (`name`, `app_protocol`) targets `app_port`.
+fn config(
+    policies: Vec<AuthorizationPolicy>,
+    app_port: u16,
+    name: &str,
+    app_protocol: &str,
+) -> Arc<NodeConfig> {
+    let names = policies
+        .iter()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    let mut resources = vec![
+        res(
+            ResourceType::Workload,
+            "uid-api",
+            Kind::Workload(pb::Workload {
+                uid: "uid-api".into(),
+                namespace: "shop".into(),
+                name: "api".into(),
+                ips: vec!["127.0.0.1".into()],
+                enrolled: true,
+                authorization_policies: names,
+                ..Default::default()
+            }),
+        ),
+        res(
+            ResourceType::Service,
+            "shop/api",
+            Kind::Service(pb::Service {
+                namespace: "shop".into(),
+                name: "api".into(),
+                vips: vec!["10.96.0.10".into()],
+                ports: vec![pb::ServicePort {
+                    name: name.into(),
+                    port: 80,
+                    app_protocol: app_protocol.into(),
+                    ..Default::default()
+                }],
+                endpoints: vec![pb::Endpoint {
+                    workload_uid: "uid-api".into(),
+                    addresses: vec!["127.0.0.1".into()],
+                    ports: HashMap::from([(80, u32::from(app_port))]),
+                    ready: true,
+                    node: String::new(),
+                }],
+            }),
+        ),
+    ];
+    for p in policies {
+        let name = format!("{}/{}", p.namespace, p.name);
+        resources.push(res(
+            ResourceType::AuthorizationPolicy,
+            &name,
+            Kind::AuthorizationPolicy(p),
+        ));
+    }
+    Arc::new(
+        NodeConfig::from_snapshot(Snapshot {
+            version: 1,
+            resources,
+        })
+        .expect("config"),
+    )
+}
+
+/// Allows GET under /api (and /grpc, /ws) from shop/web only.
+fn allow_web_reads() -> AuthorizationPolicy {
+    AuthorizationPolicy {
+        namespace: "shop".into(),
+        name: "allow-reads".into(),
+        action: AuthorizationAction::Allow as i32,
+        mode: 0,
+        rules: vec![AuthorizationRule {
+            from: vec![Source {
+                namespace: "shop".into(),
+                service_account: "web".into(),
+                ..Default::default()
+            }],
+            to: Some(Destination {
+                ports: vec![],
+                methods: vec!["GET".into()],
+                paths: ["/api", "/grpc", "/ws"]
+                    .into_iter()
+                    .map(|p| PathMatch {
+                        kind: Some(path_match::Kind::Prefix(p.into())),
+                    })
+                    .collect(),
+            }),
+        }],
+    }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://cluster.local/ns/shop/sa/{sa}")).expect("id")
+}
+
+fn inbound(config: Arc<NodeConfig>) -> (Arc<PodInbound>, watch::Sender<Arc<NodeConfig>>) {
+    let (tx, rx) = watch::channel(config);
+    let inbound = PodInbound::new(
+        "uid-api",
+        vec!["127.0.0.1".parse().expect("ip")],
+        NetnsHandle::current().expect("netns"),
+        rx,
+    );
+    (Arc::new(inbound), tx)
+}
+
+/// Opens an HBONE stream from `peer` to `target` through `serve_connection`
+/// (h2 over an in-memory pipe): the CONNECT status, and the stream if `200`.
+async fn hbone(
+    handler: Arc<PodInbound>,
+    peer: SpiffeId,
+    target: SocketAddr,
+) -> (StatusCode, Option<H2Stream>) {
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let peer_addr: SocketAddr = "10.244.1.5:40000".parse().expect("addr");
+    tokio::spawn(serve_connection(
+        server_io,
+        peer,
+        peer_addr,
+        handler,
+        ServerConfig::default(),
+    ));
+    let (client, conn) = h2::client::handshake(client_io)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(target.to_string())
+        .body(())
+        .expect("request");
+    let (resp, send) = client.send_request(req, false).expect("CONNECT sent");
+    let resp = resp.await.expect("CONNECT answered");
+    let status = resp.status();
+    let stream = (status == StatusCode::OK).then(|| H2Stream::new(send, resp.into_body()));
+    (status, stream)
+}
+
+async fn http1_client<IO: Io>(io: IO) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .expect("http1 handshake");
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+) -> (StatusCode, String) {
+    sender.ready().await.expect("connection ready");
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "api.shop")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn http_port_requests_are_authorized_one_by_one_on_a_kept_alive_stream() {
+    let (app, accepted) = app().await;
+    let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http-api", ""));
+    let (status, stream) = hbone(handler.clone(), id("web"), app).await;
+    assert_eq!(status, StatusCode::OK, "an HTTP port admits the stream");
+    let mut client = http1_client(stream.expect("stream")).await;
+
+    assert_eq!(
+        send(&mut client, "GET", "/api/x").await,
+        (StatusCode::OK, "GET /api/x".into()),
+        "allowed: the app answers"
+    );
+    let (status, body) = send(&mut client, "POST", "/api/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "method not allowed: {body}");
+    assert!(
+        body.contains("shop/allow-reads"),
+        "the body names the policy: {body}"
+    );
+    let (status, _) = send(&mut client, "GET", "/admin").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "path outside the allow-list");
+    let (status, _) = send(&mut client, "GET", "/api/../admin").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "dot segments do not escape /api"
+    );
+    assert_eq!(
+        send(&mut client, "GET", "/api/%2e/y").await,
+        (StatusCode::OK, "GET /api/y".into()),
+        "forwarded as normalized and authorized"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection, reused by the stream's requests"
+    );
+    let stats = handler.stats();
+    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 3);
+
+    // Another identity: the L4 part of the rule does not match.
+    let (_, stream) = hbone(handler.clone(), id("ops"), app).await;
+    let mut client = http1_client(stream.expect("stream")).await;
+    let (status, body) = send(&mut client, "GET", "/api/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test]
+async fn h2c_requests_keep_grpc_trailers_and_get_grpc_denials() {
+    let (app, accepted) = app().await;
+    let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "grpc", ""));
+    let (_, stream) = hbone(handler, id("web"), app).await;
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(stream.expect("stream")),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = |method: &str, path: &str, grpc: bool| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://api.shop{path}"))
+            .version(http::Version::HTTP_2);
+        if grpc {
+            b = b.header("content-type", "application/grpc");
+        }
+        b.body(Empty::<Bytes>::new()).expect("request")
+    };
+    let resp = client
+        .send_request(req("GET", "/grpc", true))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers forwarded");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"GET /grpc"));
+
+    let denied = client
+        .send_request(req("POST", "/grpc", true))
+        .await
+        .expect("response");
+    assert_eq!(
+        denied.status(),
+        StatusCode::OK,
+        "gRPC denials are trailers-only"
+    );
+    assert_eq!(
+        denied.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"7"[..]),
+        "PERMISSION_DENIED"
+    );
+    let plain = client
+        .send_request(req("DELETE", "/api/x", false))
+        .await
+        .expect("response");
+    assert_eq!(plain.status(), StatusCode::FORBIDDEN);
+    // Concurrent requests share the stream's one HTTP/2 upstream connection.
+    let (a, b) = tokio::join!(
+        client.clone().send_request(req("GET", "/api/a", false)),
+        client.send_request(req("GET", "/api/b", false)),
+    );
+    assert_eq!(a.expect("a").status(), StatusCode::OK);
+    assert_eq!(b.expect("b").status(), StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn upgrades_pass_through_once_authorized() {
+    let (app, _) = app().await;
+    let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http", ""));
+    let (_, stream) = hbone(handler, id("web"), app).await;
+    let mut client = http1_client(stream.expect("stream")).await;
+    let req = Request::builder()
+        .uri("/ws")
+        .header("host", "api.shop")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = client.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded"));
+    io.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    io.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn plaintext_on_an_http_port_gets_403_not_a_reset() {
+    let (app, _) = app().await;
+    let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "", "http"));
+    let outside: SocketAddr = "10.244.1.7:5000".parse().expect("addr");
+    let Ok(Admitted::Serve(service)) = handler.admit_plaintext(outside, app).await else {
+        panic!("an HTTP port is served as HTTP");
+    };
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(service.serve(Box::new(server_io)));
+    let mut client = http1_client(client_io).await;
+    let (status, body) = send(&mut client, "GET", "/api/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no identity: {body}");
+    assert!(body.contains("shop/allow-reads"), "{body}");
+}
+
+#[tokio::test]
+async fn l7_rules_on_a_tcp_port_fail_closed() {
+    let (app, _) = app().await;
+    // The port is named "tcp-api": bytes are relayed, the request is unknown.
+    let (handler, tx) = inbound(config(vec![allow_web_reads()], app.port(), "tcp-api", ""));
+    let (status, _) = hbone(handler.clone(), id("web"), app).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an Allow with methods does not admit it"
+    );
+    assert_eq!(handler.stats().denied.load(Ordering::Relaxed), 1);
+
+    let mut deny_admin = allow_web_reads();
+    deny_admin.name = "deny-admin".into();
+    deny_admin.action = AuthorizationAction::Deny as i32;
+    tx.send_replace(config(vec![deny_admin], app.port(), "tcp-api", ""));
+    let (status, _) = hbone(handler.clone(), id("web"), app).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a Deny with paths denies it");
+    let (status, _) = hbone(handler, id("ops"), app).await;
+    assert_eq!(status, StatusCode::OK, "unless its sources do not match");
+}
