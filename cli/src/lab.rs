@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use hawser_tests::lab::{Lab, LabConfig, LabError, sys};
+use hawser_tests::lab::{Lab, LabConfig, LabError, conformance};
 
 /// Lab subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -40,6 +41,28 @@ pub enum LabCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the Gateway API mesh conformance cases against the lab: apply the
+    /// base and each test's manifests, send each case's requests from its
+    /// client pod with the echo client, check every expectation (retrying
+    /// until 3 passes in a row), print a table and `N passed, M failed`.
+    /// Exits non-zero when any case failed.
+    Conformance {
+        /// The cases (expectations.json, base-manifests.yaml, mesh/);
+        /// default ../shared/conformance/gamma.
+        dir: Option<PathBuf>,
+        /// Run only this test (its short name, e.g. MeshBasic); repeat for more.
+        #[arg(long = "test", value_name = "NAME")]
+        tests: Vec<String>,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long a case may take to pass 3 times in a row (upstream: 30s).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Leave the base manifests applied afterwards.
+        #[arg(long)]
+        keep_base: bool,
     },
     /// Run a command inside a pod's network namespace.
     Exec {
@@ -105,27 +128,41 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
         },
         LabCmd::Status { json } => {
             let lab = Lab::load(&config(0))?;
+            let status = lab.status();
             if json {
-                let processes: Vec<_> = lab
-                    .state()
-                    .processes
-                    .iter()
-                    .map(|p| serde_json::json!({"role": p.role, "pid": p.pid, "alive": sys::alive(p.pid), "log": p.log}))
-                    .collect();
-                let out = serde_json::json!({
-                    "nodes": lab.state().nodes,
-                    "pods": lab.state().pods.iter().map(|p| serde_json::json!({
-                        "namespace": p.namespace, "name": p.name, "node": p.node, "ip": p.ip,
-                    })).collect::<Vec<_>>(),
-                    "processes": processes,
-                    "trustBundle": lab.trust_bundle(),
-                    "manifests": lab.manifests_dir(),
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print_status(&lab);
+                println!("{status}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Conformance {
+            dir,
+            tests,
+            json,
+            timeout,
+            keep_base,
+        } => {
+            let mut lab = Lab::load(&config(0))?;
+            let dir = match dir {
+                Some(d) => d,
+                None => conformance::default_dir()?,
+            };
+            let mut options = conformance::Options::new(dir);
+            options.tests = tests;
+            options.consistency_window = timeout;
+            options.keep_base = keep_base;
+            let report = conformance::run(&mut lab, &options, &mut |line| eprintln!("{line}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         LabCmd::Exec { pod, command } => {
             let lab = Lab::load(&config(0))?;
@@ -163,37 +200,9 @@ fn print_report(report: &hawser_tests::lab::apply::ApplyReport) -> ExitCode {
 }
 
 fn print_status(lab: &Lab) {
-    let s = lab.state();
-    println!("nodes:");
-    for n in &s.nodes {
-        println!(
-            "  {:<8} netns {:<14} underlay {:<15} pods {}",
-            n.name, n.netns, n.underlay_ip, n.pod_cidr
-        );
-    }
-    println!("pods:");
-    if s.pods.is_empty() {
-        println!("  (none)");
-    }
-    for p in &s.pods {
-        let ip = p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-        println!("  {}/{:<20} {:<8} {}", p.namespace, p.name, p.node, ip);
-    }
-    println!("processes:");
-    for p in &s.processes {
-        let state = if sys::alive(p.pid) { "running" } else { "DEAD" };
-        println!(
-            "  {:<16} pid {:<8} {state:<8} log {}",
-            p.role,
-            p.pid,
-            p.log.display()
-        );
-    }
-    println!(
-        "control plane: {}:15012 (admin {} inside the underlay namespace)",
-        hawser_tests::lab::CONTROL_PLANE_IP,
-        hawser_tests::lab::ADMIN_ADDR
-    );
-    println!("trust bundle:  {}", lab.trust_bundle().display());
-    println!("manifests:     {}", lab.manifests_dir().display());
+    println!("{}", lab.status());
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    hawser_tests::echo::duration::parse_duration(s).map_err(|e| e.to_string())
 }

@@ -20,6 +20,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 mod demo;
 mod lab;
 mod status;
+mod verify;
 
 /// Hawser, a sidecarless service mesh.
 #[derive(Debug, Parser)]
@@ -55,6 +56,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Send a request from a lab pod to a Service while capturing the
+    /// node-to-node link: TLS version and cipher, both SPIFFE IDs, and
+    /// whether any plaintext crossed. Exits 1 when it was not mTLS.
+    VerifyMtls(verify::VerifyArgs),
     /// Certificates.
     Cert {
         #[command(subcommand)]
@@ -116,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::runtime::Runtime::new()?.block_on(status::show(admin, topic, json))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::VerifyMtls(args) => verify::run(args),
         Cmd::Cert {
             command:
                 CertCmd::Inspect {

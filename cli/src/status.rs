@@ -1,5 +1,6 @@
 //! `hawser status`: what the control plane's admin API reports (route status
-//! per Service parent, invalid manifests, node streams), as text or JSON.
+//! per Service parent, AuthorizationPolicy status, invalid manifests, node
+//! streams), as text or JSON.
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,9 @@ use hyper_util::rt::TokioIo;
 pub enum Topic {
     /// HTTPRoute/GRPCRoute status per Service parent (Accepted, ResolvedRefs).
     Routes,
+    /// AuthorizationPolicy status: HTTP fields (methods, paths) that cannot
+    /// be enforced on the ports they apply to.
+    Policies,
     /// Manifest documents that are invalid or ignored.
     Manifests,
     /// Node proxies' discovery streams (versions sent and acknowledged, NACKs).
@@ -23,6 +27,7 @@ pub enum Topic {
 pub async fn show(admin: SocketAddr, topic: Topic, json: bool) -> anyhow::Result<()> {
     let path = match topic {
         Topic::Routes => "/status/routes",
+        Topic::Policies => "/status/policies",
         Topic::Manifests => "/status/manifests",
         Topic::Nodes => "/status/nodes",
     };

@@ -43,7 +43,57 @@ impl Lab {
             self.apply_file(&file, &text, &mut report)?;
         }
         self.sync_kube_proxy()?;
+        self.wait_synced()?;
         Ok(report)
+    }
+
+    /// Waits until the control plane has read every manifest written so far
+    /// and every connected node proxy has acknowledged the resulting
+    /// configuration, as `kubectl apply` followed by a rollout wait would:
+    /// when `apply` returns, the change is in force on the nodes.
+    ///
+    /// A marker object (a ConfigMap, which the mesh ignores) is written last;
+    /// once the control plane lists it among the ignored documents, the scan
+    /// that read it has also read everything written before it.
+    pub fn wait_synced(&mut self) -> Result<(), LabError> {
+        self.state_mut().next_sync += 1;
+        let marker = format!("lab-sync-{}", self.state().next_sync);
+        self.save()?;
+        let path = self.manifests_dir().join("zz-lab-sync.yaml");
+        let doc = format!(
+            "# Written by the lab after each apply/delete; see Lab::wait_synced.\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {marker}\n  namespace: default\n"
+        );
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, doc).map_err(|e| LabError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| LabError::io(&path, e))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let mut last;
+        loop {
+            let manifests =
+                self.in_underlay(|| super::http_get(super::ADMIN_ADDR, "/status/manifests"))?;
+            let scanned =
+                matches!(&manifests, Ok((200, body)) if body.contains(&format!("{marker}\"")));
+            if scanned {
+                match self.in_underlay(|| super::http_get(super::ADMIN_ADDR, "/status/nodes"))? {
+                    Ok((200, body)) => match nodes_lagging(&body) {
+                        Ok(None) => return Ok(()),
+                        Ok(Some(lag)) => last = lag,
+                        Err(e) => last = e,
+                    },
+                    Ok((code, body)) => last = format!("/status/nodes answered {code}: {body}"),
+                    Err(e) => last = e.to_string(),
+                }
+            } else {
+                last = "the control plane has not read the new manifests yet".into();
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(LabError::Command {
+                    command: "waiting for the mesh to apply the change".into(),
+                    output: last,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     fn apply_file(
@@ -215,6 +265,7 @@ impl Lab {
             }
         }
         self.sync_kube_proxy()?;
+        self.wait_synced()?;
         Ok(report)
     }
 
@@ -354,15 +405,48 @@ impl Lab {
                 continue;
             }
             let mut args = vec!["serve".to_owned()];
-            let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
-            for p in if ports.is_empty() { vec![8080] } else { ports } {
-                args.extend(["--port".to_owned(), p.to_string()]);
+            // Ports named `tcp*` are raw TCP echo, `grpc*` gRPC-only; the
+            // rest serve HTTP/1.1, h2c, gRPC and WebSocket.
+            let mut http = 0;
+            for p in c.ports.iter().flatten() {
+                let flag = match p.name.as_deref().unwrap_or_default() {
+                    n if n.starts_with("tcp") => "--tcp-port",
+                    n if n.starts_with("grpc") => "--grpc-port",
+                    _ => {
+                        http += 1;
+                        "--port"
+                    }
+                };
+                args.extend([flag.to_owned(), p.container_port.to_string()]);
+            }
+            if http == 0 {
+                args.extend(["--port".to_owned(), "8080".to_owned()]);
             }
             let bin = self.config().bin_dir.join("hawser-echo");
             self.spawn(&format!("{role} {}", c.name), netns, &bin, &args, &env)?;
         }
         Ok(())
     }
+}
+
+/// `None` when every connected node has acknowledged the control plane's
+/// version in a `/status/nodes` answer, else which node lags.
+fn nodes_lagging(body: &str) -> Result<Option<String>, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("/status/nodes: {e}"))?;
+    let version = v["version"].as_u64().unwrap_or(0);
+    Ok(v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["connected"].as_bool().unwrap_or(false))
+        .find(|n| n["ackedVersion"].as_u64().unwrap_or(0) < version)
+        .map(|n| {
+            format!(
+                "node {} acknowledged version {} of {version}",
+                n["node"].as_str().unwrap_or("?"),
+                n["ackedVersion"]
+            )
+        }))
 }
 
 /// The Pod object as the API server would hold it once kubelet reports it.

@@ -20,9 +20,13 @@
 
 pub mod apply;
 pub mod cni;
+pub mod conformance;
 pub mod dns;
 pub mod kubeproxy;
+pub mod pcap;
+pub mod status;
 pub mod sys;
+pub mod verify;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -218,12 +222,43 @@ pub struct LabState {
     /// Services applied to the lab.
     #[serde(default)]
     pub services: Vec<LabService>,
+    /// Counter of the sync markers written after each apply/delete.
+    #[serde(default)]
+    pub next_sync: u64,
 }
 
 /// Address of the control plane on the underlay.
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 254);
 /// The control plane's admin API, inside the underlay namespace only.
 pub const ADMIN_ADDR: &str = "127.0.0.1:15014";
+/// Each node proxy's admin API, inside its node's namespace only.
+pub const NODE_PROXY_ADMIN_ADDR: &str = "127.0.0.1:15000";
+
+/// A minimal HTTP/1.0 GET (the admin APIs are plain HTTP on loopback):
+/// status code and body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), LabError> {
+    use std::io::{Read as _, Write as _};
+    let failed = |e: std::io::Error| LabError::Command {
+        command: format!("GET http://{addr}{path}"),
+        output: e.to_string(),
+    };
+    let mut tcp = std::net::TcpStream::connect(addr).map_err(failed)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(failed)?;
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(failed)?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).map_err(failed)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| LabError::Invalid {
+            what: format!("GET http://{addr}{path}"),
+            reason: format!("not an HTTP response: {head:?}"),
+        })?;
+    Ok((code, body.to_owned()))
+}
 
 /// A lab, up or being brought up.
 #[derive(Debug)]
@@ -418,9 +453,91 @@ impl Lab {
         self.step(&format!(
             "control plane on {CONTROL_PLANE_IP}:15012 (waiting until ready)"
         ));
-        self.start_control_plane(&ul)?;
+        self.start_control_plane()?;
+        for node in &nodes {
+            self.step(&format!(
+                "{}: node proxy (admin {NODE_PROXY_ADMIN_ADDR} in the node namespace; waiting until ready)",
+                node.name
+            ));
+            self.start_node_proxy(&node.name)?;
+        }
         self.step(&format!("cluster DNS on {CONTROL_PLANE_IP}:53"));
         self.start_dns(&ul)
+    }
+
+    /// The role under which a node's proxy process is recorded.
+    pub fn node_proxy_role(node: &str) -> String {
+        format!("node-proxy {node}")
+    }
+
+    /// Starts the node proxy of `node` in its namespace and waits until its
+    /// admin API reports ready (node certificate, first configuration,
+    /// restored pods, CNI socket served).
+    pub fn start_node_proxy(&mut self, node: &str) -> Result<Process, LabError> {
+        let node = self.node(node)?.clone();
+        let bin = self.config.bin_dir.join("hawser-node-proxy");
+        if !bin.is_file() {
+            return Err(LabError::Missing(format!(
+                "{} (build it: cargo build -p hawser-node-proxy)",
+                bin.display()
+            )));
+        }
+        let dir = self.node_dir(&node);
+        let arg = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--control-plane".to_owned(),
+            format!("{CONTROL_PLANE_IP}:15012"),
+            "--node-name".into(),
+            node.name.clone(),
+            "--bootstrap-token-file".into(),
+            arg(&dir.join("bootstrap-token")),
+            "--trust-bundle".into(),
+            arg(&self.trust_bundle()),
+            "--run-dir".into(),
+            arg(&dir.join("run")),
+            "--admin-addr".into(),
+            NODE_PROXY_ADMIN_ADDR.into(),
+        ];
+        let role = Self::node_proxy_role(&node.name);
+        // HAWSER_LAB_PROXY_LOG sets the proxies' log filter (default info).
+        let env: Vec<(String, String)> = std::env::var("HAWSER_LAB_PROXY_LOG")
+            .map(|filter| vec![("HAWSER_LOG".to_owned(), filter)])
+            .unwrap_or_default();
+        let process = self.spawn(&role, &node.netns, &bin, &args, &env)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = self.node_proxy_get(&node.name, "/ready") {
+                return Ok(process);
+            }
+            if !sys::alive(process.pid) || std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+                return Err(LabError::Command {
+                    command: "hawser-node-proxy".into(),
+                    output: format!("{} did not become ready; its log:\n{log}", node.name),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops `node`'s proxy (SIGTERM, then SIGKILL after 3 s). Its pods keep
+    /// their redirection rules; their connections fail until it is back.
+    pub fn stop_node_proxy(&mut self, node: &str) {
+        let role = Self::node_proxy_role(node);
+        self.stop_processes(|p| p.role == role);
+    }
+
+    /// Stops the control plane (the node proxies keep their configuration
+    /// and certificates).
+    pub fn stop_control_plane(&mut self) {
+        self.stop_processes(|p| p.role == "control-plane");
+    }
+
+    /// `GET path` on `node`'s proxy admin API: status code and body.
+    pub fn node_proxy_get(&self, node: &str, path: &str) -> Result<(u16, String), LabError> {
+        let node = self.node(node)?;
+        let path = path.to_owned();
+        sys::in_netns(&node.netns, move || http_get(NODE_PROXY_ADMIN_ADDR, &path))?
     }
 
     /// Starts the cluster DNS server in the underlay namespace.
@@ -513,7 +630,13 @@ impl Lab {
 
     /// Starts the control plane in the underlay namespace, serving the lab's
     /// manifest directory, and waits until it answers.
-    fn start_control_plane(&mut self, ul: &str) -> Result<(), LabError> {
+    pub fn start_control_plane(&mut self) -> Result<(), LabError> {
+        let ul = self
+            .state
+            .underlay
+            .clone()
+            .ok_or_else(|| LabError::NotUp(self.config.state_dir.clone()))?;
+        let ul = ul.as_str();
         let bin = self.config.bin_dir.join("hawser-control-plane");
         if !bin.is_file() {
             return Err(LabError::Missing(format!(
@@ -632,7 +755,8 @@ impl Lab {
         std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))
     }
 
-    fn node(&self, name: &str) -> Result<&Node, LabError> {
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Result<&Node, LabError> {
         self.state
             .nodes
             .iter()

@@ -122,25 +122,30 @@ pub fn alive(pid: u32) -> bool {
             .unwrap_or(false)
 }
 
-/// Stops process `pid`: SIGTERM, then SIGKILL if it is still alive after `grace`.
+/// Stops process `pid` and everything in its process group (the lab starts
+/// each process as a group leader, so a shell's children go with it):
+/// SIGTERM, then SIGKILL if the leader is still alive after `grace`; any
+/// member left after the leader exits is killed too.
 pub fn stop(pid: u32, grace: std::time::Duration) {
-    use nix::sys::signal::{Signal, kill};
+    use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
     let Ok(raw) = i32::try_from(pid) else { return };
     let pid_t = Pid::from_raw(raw);
-    if kill(pid_t, Signal::SIGTERM).is_err() {
-        return;
-    }
+    let group = |signal| {
+        // Not a group leader (or the group is gone): signal the process alone.
+        if killpg(pid_t, signal).is_err() {
+            let _ = kill(pid_t, signal);
+        }
+    };
+    group(Signal::SIGTERM);
     let deadline = std::time::Instant::now() + grace;
     while alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    if alive(pid) {
-        let _ = kill(pid_t, Signal::SIGKILL);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+    group(Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
