@@ -24,6 +24,10 @@
 //! cargo bench -p hawser-tests --bench mesh
 //! ```
 //!
+//! `HAWSER_BENCH_QUICKACK=1` turns delayed ACKs off in every pod (a
+//! diagnostic: latency tails near 40 ms that vanish with it come from Nagle
+//! meeting delayed ACKs on a socket without `TCP_NODELAY`).
+//!
 //! Every load generator runs inside the client pod's network namespace and
 //! all traffic stays inside the lab's namespaces. The lab is removed when
 //! the run ends, also on failure. The whole run takes about 3 minutes.
@@ -464,17 +468,20 @@ fn setup(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<Setup> {
         }
     };
     let client_netns = [netns(DIRECT_NS)?, netns(MESH_NS)?];
-    for ns in &client_netns {
-        // Lab-only, per-netns: room for the new-connections run's TIME_WAITs.
-        sys::netns_sysctl(ns, "net.ipv4.ip_local_port_range", "1024 65000")?;
-        sys::netns_sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")?;
-    }
+    let quickack = std::env::var_os(QUICKACK_ENV).is_some_and(|v| v == "1");
     for ns in [DIRECT_NS, MESH_NS] {
-        let server = lab
-            .pod(ns, "server")
-            .with_context(|| format!("no pod {ns}/server"))?;
-        sys::netns_sysctl(&server.netns, "net.ipv4.ip_local_port_range", "1024 65000")?;
-        sys::netns_sysctl(&server.netns, "net.ipv4.tcp_tw_reuse", "1")?;
+        for pod in ["client", "server"] {
+            let netns = &lab
+                .pod(ns, pod)
+                .with_context(|| format!("no pod {ns}/{pod}"))?
+                .netns;
+            // Lab-only, per-netns: room for the new-connections run's TIME_WAITs.
+            sys::netns_sysctl(netns, "net.ipv4.ip_local_port_range", "1024 65000")?;
+            sys::netns_sysctl(netns, "net.ipv4.tcp_tw_reuse", "1")?;
+            if quickack {
+                quickack_routes(netns)?;
+            }
+        }
     }
     let clk_tck: f64 = sys::run("getconf", ["CLK_TCK"])?
         .trim()
@@ -488,6 +495,22 @@ fn setup(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<Setup> {
         clk_tck,
         started,
     })
+}
+
+/// Set to `1`, the pods' routes get `quickack 1` (no delayed ACKs): a
+/// diagnostic for latency tails caused by Nagle meeting delayed ACKs on a
+/// socket without `TCP_NODELAY`. Off by default; the tables say when it is on.
+const QUICKACK_ENV: &str = "HAWSER_BENCH_QUICKACK";
+
+/// Turns delayed ACKs off on every route of `netns` (see [`QUICKACK_ENV`]).
+fn quickack_routes(netns: &str) -> anyhow::Result<()> {
+    for route in sys::ip(["-n", netns, "route", "show"])?.lines() {
+        let mut args = vec!["-n", netns, "route", "change"];
+        args.extend(route.split_whitespace());
+        args.extend(["quickack", "1"]);
+        sys::ip(args)?;
+    }
+    Ok(())
 }
 
 /// Waits until every route answers: HTTP on its port, and the TCP echo.
@@ -1138,6 +1161,12 @@ fn per_k(u: &Usage, units: u64) -> String {
 fn render(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", machine());
+    if std::env::var_os(QUICKACK_ENV).is_some_and(|v| v == "1") {
+        let _ = writeln!(
+            s,
+            "\n**Diagnostic run: {QUICKACK_ENV}=1, delayed ACKs are off in every pod.**"
+        );
+    }
 
     let _ = writeln!(
         s,

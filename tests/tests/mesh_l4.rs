@@ -312,9 +312,41 @@ spec:
   action: Deny
   rules: [{from: [{serviceAccount: client}]}]
 "#;
+    // A connection admitted before the policy, to see it closed by it.
+    let mut open = sys::in_netns(&client, move || {
+        TcpStream::connect_timeout(&tcp, Duration::from_secs(5))
+    })
+    .expect("netns")
+    .expect("connect");
+    open.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    open.write_all(b"before").expect("write");
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).expect("echo before the policy");
+    // From writing the policy to its enforcement, including the control
+    // plane's scan and the push (apply returns once the nodes run it).
+    let written = Instant::now();
     let deny_path = apply(lab, dir.path(), "deny.yaml", deny);
-    let took = eventually(Duration::from_secs(5), || reset(&client))
+    // The open connection is closed (EOF or reset), not left running under
+    // the old decision.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = match open.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed && rest.is_empty(),
+        "the open connection was not closed by the new policy"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    eventually(Duration::from_secs(5), || reset(&client))
         .expect("the denied account's connections are reset");
+    let took = written.elapsed();
     assert!(took < Duration::from_secs(1), "deny took {took:?}");
     assert!(ok(&other), "others are still admitted");
     let (_, metrics) = lab.node_proxy_get("node-2", "/metrics").expect("metrics");
@@ -334,15 +366,17 @@ spec:
   targetRefs: [{kind: Service, name: echo}]
   rules: [{from: [{serviceAccount: other}]}]
 "#;
+    let written = Instant::now();
     apply(lab, dir.path(), "allow.yaml", allow);
     // `client` stays denied (now by the allow-list), `other` stays admitted.
-    let took = eventually(Duration::from_secs(5), || {
+    eventually(Duration::from_secs(5), || {
         let (_, body) = lab
             .node_proxy_get("node-2", "/config_dump")
             .unwrap_or_default();
         body.contains("only-other") && !body.contains("deny-client")
     })
     .expect("the allow-list reached node-2");
+    let took = written.elapsed();
     assert!(took < Duration::from_secs(1), "allow-list took {took:?}");
     assert!(reset(&client), "not on the allow-list: reset");
     assert!(ok(&other), "on the allow-list: admitted");

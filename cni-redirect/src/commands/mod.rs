@@ -81,6 +81,12 @@ impl Invocation<'_> {
         state: &AttachmentState,
         netns_path: Option<&Path>,
     ) -> Result<(), CniError> {
+        // The node proxy first: it stops accepting and starts draining the
+        // pod's connections while the redirection is still in place, so
+        // connections already redirected finish through it.
+        if let Err(e) = self.proxy().notify_del(Some(&state.pod), key) {
+            tracing::warn!(error = %e, "could not tell the node proxy; it drops the pod once the control plane reports it gone");
+        }
         let path = netns_path.unwrap_or(&state.netns_path);
         match Netns::open(path) {
             Ok(ns) => {
@@ -97,9 +103,6 @@ impl Invocation<'_> {
                 // ours can be in it.
                 tracing::warn!(netns = %path.display(), error = %e, "not touching the netns");
             }
-        }
-        if let Err(e) = self.proxy().notify_del(Some(&state.pod), key) {
-            tracing::warn!(error = %e, "could not tell the node proxy; it drops the pod once the control plane reports it gone");
         }
         self.store().remove(key)?;
         Ok(())

@@ -40,29 +40,8 @@ impl WorkloadPorts {
     }
 }
 
-/// Whether a Service port carries HTTP, as the node proxy decides it
-/// (`hawser_node_proxy::http::is_http`; the two must agree): `appProtocol`
-/// `http`, `kubernetes.io/http`, `kubernetes.io/h2c`, `h2c`, `http2`,
-/// `grpc` or `kubernetes.io/ws`; when unset, a port name starting with
-/// `http` or `grpc`.
-pub fn is_http_port(app_protocol: Option<&str>, port_name: &str) -> bool {
-    match app_protocol.filter(|p| !p.is_empty()) {
-        Some(p) => matches!(
-            p.to_ascii_lowercase().as_str(),
-            "http"
-                | "kubernetes.io/http"
-                | "kubernetes.io/h2c"
-                | "h2c"
-                | "http2"
-                | "grpc"
-                | "kubernetes.io/ws"
-        ),
-        None => {
-            let name = port_name.to_ascii_lowercase();
-            name.starts_with("http") || name.starts_with("grpc")
-        }
-    }
-}
+/// Whether a Service port carries HTTP, as the node proxies decide it.
+pub use hawser_api::protocol::is_http as is_http_port;
 
 /// The status of `policy` given the ports of the workloads it applies to.
 pub fn policy_status(policy: &AuthorizationPolicy, ports: &WorkloadPorts) -> PolicyStatus {

@@ -333,6 +333,45 @@ fn metrics(state: &AdminState) -> String {
         ],
     );
     counter(
+        "hawser_inbound_http_requests_total",
+        "Inbound HTTP requests on HTTP ports, by authorization decision.",
+        &[
+            ("decision=\"allow\"", load(&s.inbound.requests_allowed)),
+            ("decision=\"deny\"", load(&s.inbound.requests_denied)),
+        ],
+    );
+    let http = state.dataplane.http().metrics();
+    let classes: Vec<(String, u64)> = (1..=5)
+        .map(|c| (format!("class=\"{c}xx\""), http.responses(c)))
+        .collect();
+    let classes: Vec<(&str, u64)> = classes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        "hawser_outbound_http_responses_total",
+        "Responses to local pods' HTTP requests through Service routes, by status class.",
+        &classes,
+    );
+    counter(
+        "hawser_outbound_http_retries_total",
+        "Retries sent, and retries not sent because the retry budget was spent.",
+        &[
+            ("outcome=\"sent\"", http.retries),
+            (
+                "outcome=\"budget_exhausted\"",
+                http.retries_denied_by_budget,
+            ),
+        ],
+    );
+    counter(
+        "hawser_outbound_http_timeouts_total",
+        "Requests answered 504 by a request or backend request timeout.",
+        &[("", http.timeouts)],
+    );
+    counter(
+        "hawser_outbound_http_mirrored_total",
+        "Mirrored request copies sent.",
+        &[("", http.mirrored)],
+    );
+    counter(
         "hawser_relayed_bytes_total",
         "Bytes relayed for local pods' outbound connections.",
         &[

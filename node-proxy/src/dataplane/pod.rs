@@ -276,14 +276,15 @@ impl PodRuntime {
             Ok(Admitted::Serve(service)) => service.serve(Box::new(client)).await,
             Ok(Admitted::Relay(mut upstream)) => {
                 let mut client = client;
-                let result = relay(
-                    &mut client,
-                    &mut upstream,
-                    self.shared.settings.idle_timeout,
-                )
-                .await;
-                if let Err(e) = result {
-                    tracing::debug!(pod = %self.name, %peer, %target, error = %e, "plaintext connection ended");
+                let idle = self.shared.settings.idle_timeout;
+                tokio::select! {
+                    result = relay(&mut client, &mut upstream, idle) => {
+                        if let Err(e) = result {
+                            tracing::debug!(pod = %self.name, %peer, %target, error = %e, "plaintext connection ended");
+                        }
+                    }
+                    // Logged and counted by the inbound handler.
+                    _ = self.inbound.revoked(None, peer, target) => reset(client),
                 }
             }
             // Denials are logged and counted by the inbound handler.
@@ -462,6 +463,10 @@ impl HboneHandler for Counted {
     ) -> Result<Admitted<TcpStream>, Refusal> {
         self.record.stream_opened();
         self.inner.admit(peer, peer_addr, target).await
+    }
+
+    async fn revoked(&self, peer: &SpiffeId, peer_addr: SocketAddr, target: SocketAddr) -> String {
+        self.inner.revoked(Some(peer), peer_addr, target).await
     }
 }
 

@@ -120,23 +120,8 @@ impl Default for HttpSettings {
     }
 }
 
-/// Whether a Service port carries HTTP and is parsed per request:
-/// `appProtocol` `http`, `kubernetes.io/http`, `kubernetes.io/h2c`, `h2c`,
-/// `http2`, `grpc` or `kubernetes.io/ws`; or, when `appProtocol` is unset,
-/// a port name starting with `http` or `grpc` (Istio's convention).
+/// Whether a Service port carries HTTP and is parsed per request (see
+/// [`hawser_api::protocol::is_http`]; `appProtocol` empty means unset).
 pub fn is_http(app_protocol: &str, port_name: &str) -> bool {
-    if !app_protocol.is_empty() {
-        return matches!(
-            app_protocol.to_ascii_lowercase().as_str(),
-            "http"
-                | "kubernetes.io/http"
-                | "kubernetes.io/h2c"
-                | "h2c"
-                | "http2"
-                | "grpc"
-                | "kubernetes.io/ws"
-        );
-    }
-    let name = port_name.to_ascii_lowercase();
-    name.starts_with("http") || name.starts_with("grpc")
+    hawser_api::protocol::is_http(Some(app_protocol), port_name)
 }

@@ -615,7 +615,11 @@ impl HttpOutbound {
             };
             let retryable = match &outcome {
                 Ok(resp) => policy.codes.contains(&retry_status(resp)),
-                Err(HttpError::BackendTimeout(_)) => policy.codes.contains(&504),
+                // A timed-out attempt is a connection error: retried whenever
+                // the rule retries at all, 504 listed or not (Gateway API:
+                // "retry on connection errors (disconnect, reset, timeout,
+                // TCP failure) if a retry stanza is configured").
+                Err(HttpError::BackendTimeout(_)) => true,
                 Err(HttpError::Upstream(e)) => e.is_retryable(),
                 Err(_) => false,
             };

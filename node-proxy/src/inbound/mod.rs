@@ -167,6 +167,51 @@ impl PodInbound {
         }
     }
 
+    /// The L4 decision for a connection under the policy in force now.
+    /// Evaluated under the config borrow (no await inside): nothing copied.
+    fn evaluate_l4(
+        &self,
+        peer: Option<&SpiffeId>,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> authz::Evaluation {
+        let config = self.config.borrow();
+        authz::evaluate(
+            &policies(&config, &self.uid),
+            &Connection {
+                peer,
+                peer_ip: peer_addr.ip(),
+                port: target.port(),
+                request: None,
+            },
+        )
+    }
+
+    /// Resolves when a configuration change makes the policy deny a
+    /// connection it admitted (as ztunnel does, a policy applies to open
+    /// connections too, not only to new ones), with the reason.
+    pub async fn revoked(
+        &self,
+        peer: Option<&SpiffeId>,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> String {
+        let mut config = self.config.clone();
+        config.mark_unchanged();
+        loop {
+            if config.changed().await.is_err() {
+                // No more configuration: what was admitted stays admitted.
+                return std::future::pending().await;
+            }
+            if let Decision::Deny { reason } = self.evaluate_l4(peer, peer_addr, target).decision {
+                self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                let who = peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
+                tracing::info!(pod = %self.uid, peer = %who, %peer_addr, %target, %reason, "open connection closed: the policy now denies it");
+                return reason;
+            }
+        }
+    }
+
     /// Decides at L4 and connects (bytes will be relayed).
     async fn admit(
         &self,
@@ -175,20 +220,7 @@ impl PodInbound {
         target: SocketAddr,
     ) -> Result<TcpStream, Refusal> {
         self.check_target(target)?;
-        // Evaluated under the config borrow (no await inside): the policy in
-        // force is the one the latest config carries, with nothing copied.
-        let eval = {
-            let config = self.config.borrow();
-            authz::evaluate(
-                &policies(&config, &self.uid),
-                &Connection {
-                    peer,
-                    peer_ip: peer_addr.ip(),
-                    port: target.port(),
-                    request: None,
-                },
-            )
-        };
+        let eval = self.evaluate_l4(peer, peer_addr, target);
         // Only formatted when something is logged.
         let who = || peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
         for audit in &eval.audit_denials {
@@ -227,6 +259,10 @@ impl HboneHandler for PodInbound {
         target: SocketAddr,
     ) -> Result<Admitted<TcpStream>, Refusal> {
         self.admit_stream(Some(peer), peer_addr, target).await
+    }
+
+    async fn revoked(&self, peer: &SpiffeId, peer_addr: SocketAddr, target: SocketAddr) -> String {
+        PodInbound::revoked(self, Some(peer), peer_addr, target).await
     }
 }
 

@@ -264,7 +264,7 @@ impl NetnsHandle {
     /// set to `mark` (pass [`hawser_api::cni::PROXY_MARK`] so the pod's
     /// redirection rules let it through; `0` leaves the socket unmarked).
     /// The socket is created and the non-blocking connect started on the
-    /// namespace thread; the handshake is awaited here.
+    /// namespace thread; the handshake is awaited here. `TCP_NODELAY` is set.
     pub async fn connect_tcp(&self, addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
         let fd = self
             .run_async(move || start_connect(addr, mark))
@@ -275,6 +275,9 @@ impl NetnsHandle {
         if let Some(e) = stream.take_error()? {
             return Err(context(e, format_args!("connecting to {addr} in the pod")));
         }
+        // A proxy forwards what it has at once: Nagle's algorithm would hold
+        // small writes back for the peer's delayed ACK (a 40 ms tail).
+        stream.set_nodelay(true)?;
         Ok(stream)
     }
 

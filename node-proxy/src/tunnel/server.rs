@@ -92,6 +92,13 @@ pub trait HboneHandler: Send + Sync + 'static {
             .await
             .map(Admitted::Relay)
     }
+
+    /// Resolves (with a reason) when a relayed stream admitted earlier must
+    /// be closed, e.g. because a new policy denies it. By default never.
+    async fn revoked(&self, peer: &SpiffeId, peer_addr: SocketAddr, target: SocketAddr) -> String {
+        let _ = (peer, peer_addr, target);
+        std::future::pending().await
+    }
 }
 
 /// Tuning of the HBONE server.
@@ -189,7 +196,14 @@ where
                 Admitted::Relay(upstream) => upstream,
                 Admitted::Serve(service) => return service.serve(Box::new(tunnel)).await,
             };
-            match crate::relay::relay(&mut tunnel, &mut upstream, config.idle_timeout).await {
+            let relayed = tokio::select! {
+                r = crate::relay::relay(&mut tunnel, &mut upstream, config.idle_timeout) => r,
+                reason = handler.revoked(&peer, peer_addr, target) => {
+                    tracing::info!(%peer, %target, %reason, "HBONE stream closed by policy");
+                    return;
+                }
+            };
+            match relayed {
                 Ok(crate::relay::Moved {
                     a_to_b: from_client,
                     b_to_a: to_client,
