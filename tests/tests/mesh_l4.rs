@@ -285,6 +285,25 @@ fn cross_node_traffic_is_mtls_to_15008_with_no_plaintext_on_the_wire() {
         });
         assert!(found, "{side}: {body}");
     }
+
+    // Deleting the client pod (CNI DEL) drains it: after the grace period
+    // none of its HBONE connections is left open on its node. (The server
+    // side cannot get a FIN from a namespace that is gone; TCP keepalive
+    // finds those within about a minute.)
+    lab.delete_pod("shop", "client")
+        .expect("delete the client pod");
+    let open = |node: &str| {
+        let (_, m) = lab.node_proxy_get(node, "/metrics").expect("metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix("hawser_hbone_open_connections "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || open("node-1") == "0").is_some(),
+        "connections of the deleted pod left open on node-1: {}",
+        open("node-1")
+    );
 }
 
 #[test]

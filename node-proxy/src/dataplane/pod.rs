@@ -35,7 +35,25 @@ struct PodDialer {
 #[async_trait]
 impl Dialer for PodDialer {
     async fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        connect(&self.netns, addr, self.timeout).await
+        let tcp = connect(&self.netns, addr, self.timeout).await?;
+        keepalive(&tcp);
+        Ok(tcp)
+    }
+}
+
+/// TCP keepalive on HBONE connections: a peer whose pod (and network
+/// namespace) vanished cannot send a FIN, so probes find it gone: after
+/// 30 s idle, every 10 s, 3 unanswered probes, about a minute.
+fn keepalive(tcp: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let set = || -> nix::Result<()> {
+        setsockopt(tcp, sockopt::KeepAlive, &true)?;
+        setsockopt(tcp, sockopt::TcpKeepIdle, &30)?;
+        setsockopt(tcp, sockopt::TcpKeepInterval, &10)?;
+        setsockopt(tcp, sockopt::TcpKeepCount, &3)
+    };
+    if let Err(e) = set() {
+        tracing::debug!(error = %e, "could not enable TCP keepalive");
     }
 }
 
@@ -127,6 +145,7 @@ impl PodRuntime {
         tokio::spawn(async move {
             drain.forced().await;
             this.shared.certs.forget(&this.pod.workload);
+            this.shared.http.forget_client(&this.connector);
             tracing::info!(pod = %this.name, "pod drained");
         });
     }
@@ -298,6 +317,7 @@ impl PodRuntime {
     /// A connection on 15008: mTLS, then HTTP/2 CONNECT streams.
     async fn hbone(self: Arc<Self>, tcp: TcpStream, peer_addr: SocketAddr) {
         let local = tcp.local_addr().unwrap_or(peer_addr);
+        keepalive(&tcp);
         let svid = match self.certificate().await {
             Ok(svid) => svid,
             Err(e) => {
@@ -336,6 +356,9 @@ impl PodRuntime {
             (svid.id(), &peer),
             Negotiated::of(conn),
         ));
+        // Marked closed however this ends (also when the pod's drain
+        // deadline drops this future).
+        let _closing = CloseOnDrop(record.clone());
         Stats::bump(&self.shared.stats.hbone_accepted);
         tracing::info!(pod = %self.name, peer = %peer, %peer_addr, tls = %record.tls.tls_version, cipher = %record.tls.cipher, "HBONE connection from a verified peer");
         let handler = Arc::new(Counted {
@@ -353,7 +376,6 @@ impl PodRuntime {
         {
             tracing::debug!(pod = %self.name, %peer, error = %e, "HBONE connection ended with an error");
         }
-        record.close();
     }
 
     /// The 15008 TLS config for `svid`, reused until the certificate changes.
@@ -433,6 +455,15 @@ enum OpenError {
     Certificate(String),
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
+}
+
+/// Marks a connection record closed when dropped.
+struct CloseOnDrop(Arc<ConnectionRecord>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// The pod's inbound handler, counting streams on one connection's record.

@@ -121,6 +121,14 @@ impl Pool {
         self.connects.load(Ordering::Relaxed)
     }
 
+    /// Drops every pooled connection opened by `connector` (its pod is
+    /// gone): idle HTTP/1.1 connections close, HTTP/2 ones once their
+    /// last request finishes.
+    pub fn forget(&self, connector: &Arc<dyn UpstreamConnector>) {
+        let id = Arc::as_ptr(connector).cast::<()>() as usize;
+        self.entries.lock().retain(|key, _| key.connector != id);
+    }
+
     fn key(connector: &Arc<dyn UpstreamConnector>, addr: SocketAddr, p: UpstreamProtocol) -> Key {
         Key {
             connector: Arc::as_ptr(connector).cast::<()>() as usize,

@@ -218,6 +218,12 @@ impl HttpOutbound {
         self.inner.pool.connects()
     }
 
+    /// Closes the pooled upstream connections of a client that is gone (the
+    /// pod's [`super::UpstreamConnector`]).
+    pub fn forget_client(&self, connector: &Arc<dyn super::UpstreamConnector>) {
+        self.inner.pool.forget(connector);
+    }
+
     /// The routes of the current config (compiled once per config).
     pub fn routes(&self) -> Arc<Routes> {
         let config = self.inner.config.borrow().clone();
@@ -530,7 +536,7 @@ impl HttpOutbound {
         }
         let timeout = plan.rule.and_then(|r| r.request_timeout);
         let deadline = timeout.map(|t| (Instant::now() + t, t));
-        let attempts = self.attempts(out, body, &plan, client, deadline.map(|(at, _)| at));
+        let attempts = self.attempts(out, body, &plan, client, deadline);
         let (mut resp, in_flight) = match deadline {
             Some((at, t)) => tokio::time::timeout_at(at, attempts)
                 .await
@@ -555,13 +561,16 @@ impl HttpOutbound {
     }
 
     /// Tries, and retries per the rule, until a response to return.
+    /// `deadline` is the request timeout's: when the wait before the next
+    /// retry would pass it, the answer is the 504 of the timeout, at the
+    /// deadline (as if the retry had been waited for), not the last failure.
     async fn attempts(
         &self,
         out: &Outgoing,
         body: HttpBody,
         plan: &Plan<'_>,
         client: &ClientContext,
-        deadline: Option<Instant>,
+        deadline: Option<(Instant, std::time::Duration)>,
     ) -> Result<(Response<HttpBody>, InFlight), HttpError> {
         let settings = &self.inner.settings;
         let policy = plan.rule.and_then(|r| r.retry.as_ref());
@@ -632,9 +641,14 @@ impl HttpOutbound {
             }
             let base = policy.backoff.unwrap_or(settings.default_retry_backoff);
             let wait = backoff(base, settings.max_retry_backoff, retries + 1);
-            if deadline.is_some_and(|at| Instant::now() + wait >= at) {
-                tracing::debug!("not retrying: the request timeout would pass");
-                return outcome.map(|r| (r, in_flight));
+            if let Some((at, timeout)) = deadline
+                && Instant::now() + wait >= at
+            {
+                tracing::debug!("not retrying: the request timeout passes first");
+                drop(outcome);
+                drop(in_flight);
+                tokio::time::sleep_until(at).await;
+                return Err(HttpError::RequestTimeout(timeout));
             }
             if !budget.as_ref().is_some_and(|b| b.withdraw()) {
                 self.inner.metrics.retry_denied();

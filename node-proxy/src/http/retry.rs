@@ -104,19 +104,22 @@ impl RetryBudget {
     }
 }
 
-/// The wait before retry number `retry` (1-based): `base` doubled per retry,
-/// capped at `max` (never below `base`), plus up to a quarter of jitter so
-/// clients that failed together do not retry together.
+/// The wait before retry number `retry` (1-based): never below `base`, at
+/// most `base` doubled per retry (capped at `max`, never below `base`) plus
+/// a quarter of `base`. Where it falls in between is random ("jittered"
+/// growth), so clients that failed together do not retry together, and a
+/// few quick retries fit in a short request timeout (gateway-reference
+/// retry-with-timeouts: 4 retries with the default 25ms in 400ms).
 pub fn backoff(base: Duration, max: Duration, retry: u32) -> Duration {
     let doubled = base.saturating_mul(1u32 << retry.saturating_sub(1).min(16));
-    let wait = doubled.min(max.max(base));
-    let jitter_range = u64::try_from(wait.as_micros() / 4).unwrap_or(0);
-    let jitter = if jitter_range == 0 {
+    let ceiling = doubled.min(max.max(base)) + base / 4;
+    let spread = u64::try_from((ceiling - base).as_micros()).unwrap_or(u64::MAX);
+    let jitter = if spread == 0 {
         0
     } else {
-        rand::random_range(0..jitter_range)
+        rand::random_range(0..spread)
     };
-    wait + Duration::from_micros(jitter)
+    base + Duration::from_micros(jitter)
 }
 
 /// The HTTP status gRPC status `code` maps to (as Envoy maps them), for

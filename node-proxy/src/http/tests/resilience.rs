@@ -154,6 +154,26 @@ async fn request_timeout_covers_every_attempt() {
 }
 
 #[tokio::test]
+async fn a_retry_the_request_timeout_would_cut_short_gives_its_504() {
+    // The wait before the retry passes the request timeout: the answer is
+    // the timeout's 504 when it passes, not the failed attempt's 500.
+    let backend = Backend::start("echo", |_| Reply::status(500)).await;
+    let mut r = retrying(&[500], Some(5));
+    r.retry.as_mut().unwrap().backoff_ms = Some(300);
+    r.request_timeout_ms = Some(100);
+    let h = Harness::new(&mesh_with(&backend, r));
+    let started = Instant::now();
+    assert_eq!(h.h1(NS, VIP).await.get("/").await.status, 504);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(95) && elapsed < Duration::from_millis(290),
+        "{elapsed:?}"
+    );
+    assert_eq!(backend.hits(), 1);
+    assert_eq!(h.outbound.metrics().retries, 0);
+}
+
+#[tokio::test]
 async fn zero_timeouts_are_disabled() {
     let backend = Backend::start("echo", |_| Reply::ok().delay(Duration::from_millis(150))).await;
     let mut r = rule(vec![to("echo", 80, 1)]);
