@@ -47,6 +47,12 @@ pub use respond::HttpError;
 pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};
 
+/// Set by the destination node proxy on its own reply when the app refused
+/// or dropped the connection (`connect` or `reset`): the client's node proxy
+/// retries it as a connection error and removes the header. Apps cannot set
+/// it: the destination proxy strips it from their responses.
+pub const UPSTREAM_ERROR_HEADER: &str = "hawser-upstream-error";
+
 /// Opens byte streams to endpoints on behalf of one client pod.
 #[async_trait]
 pub trait UpstreamConnector: Send + Sync + 'static {

@@ -326,11 +326,20 @@ struct GiveBack {
     sender: Option<http1::SendRequest<HttpBody>>,
 }
 
-impl Drop for GiveBack {
-    fn drop(&mut self) {
+impl GiveBack {
+    /// Returns the connection (once); later calls and the drop do nothing.
+    fn give_back(&mut self) {
         let Some(mut sender) = self.sender.take() else {
             return;
         };
+        // Usually the connection is ready again by the time the response
+        // body has ended: back at once, without a task per request.
+        if sender.is_ready() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.checkin(self.key.clone(), &self.connector, Sender::H1(sender));
+            }
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -346,6 +355,12 @@ impl Drop for GiveBack {
                 pool.checkin(key, &connector, Sender::H1(sender));
             }
         });
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -366,14 +381,7 @@ impl Body for PooledBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) {
             // Hand the connection back as soon as the body is complete.
-            let sender = self.giveback.sender.take();
-            let giveback = GiveBack {
-                pool: self.giveback.pool.clone(),
-                key: self.giveback.key.clone(),
-                connector: self.giveback.connector.clone(),
-                sender,
-            };
-            drop(giveback);
+            self.giveback.give_back();
         }
         polled
     }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Incoming};
@@ -66,6 +67,9 @@ struct Outgoing {
     headers: HeaderMap,
     /// `Host` / `:authority` to send (after any hostname rewrite).
     host: Option<String>,
+    /// The request's own path and query, reused as the request target
+    /// while `path` and `query` still say the same.
+    target: Option<PathAndQuery>,
 }
 
 impl Outgoing {
@@ -76,29 +80,36 @@ impl Outgoing {
         endpoint: SocketAddr,
         body: HttpBody,
     ) -> Result<Request<HttpBody>, HttpError> {
-        let path_and_query = with_query(&self.path, &self.query);
         let mut headers = self.headers.clone();
         let (uri, version) = match protocol {
             UpstreamProtocol::Http1 => {
-                if let Some(host) = &self.host {
+                if let Some(host) = &self.host
+                    && !has_only_host(&headers, host)
+                {
                     let value = http::HeaderValue::from_str(host)
                         .map_err(|_| HttpError::BadRequest(format!("invalid host {host:?}")))?;
                     headers.insert(HOST, value);
                 }
-                (path_and_query, Version::HTTP_11)
+                match self.unchanged_target() {
+                    Some(target) => (Uri::from(target.clone()), Version::HTTP_11),
+                    None => {
+                        let uri = with_query(&self.path, &self.query)
+                            .parse()
+                            .map_err(|e| invalid_target(&e))?;
+                        (uri, Version::HTTP_11)
+                    }
+                }
             }
             UpstreamProtocol::Http2 => {
                 headers.remove(HOST);
                 let authority = self.host.clone().unwrap_or_else(|| endpoint.to_string());
-                (
-                    format!("http://{authority}{path_and_query}"),
-                    Version::HTTP_2,
-                )
+                let path_and_query = with_query(&self.path, &self.query);
+                let uri = format!("http://{authority}{path_and_query}")
+                    .parse()
+                    .map_err(|e| invalid_target(&e))?;
+                (uri, Version::HTTP_2)
             }
         };
-        let uri: Uri = uri
-            .parse()
-            .map_err(|e| HttpError::BadRequest(format!("invalid request target: {e}")))?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -106,6 +117,33 @@ impl Outgoing {
         *req.headers_mut() = headers;
         Ok(req)
     }
+}
+
+impl Outgoing {
+    /// The request's own path and query when they are still what would be
+    /// sent (no rewrite, and written the way [`with_query`] writes them).
+    fn unchanged_target(&self) -> Option<&PathAndQuery> {
+        let target = self.target.as_ref()?;
+        let same = target.path() == self.path
+            && match target.query() {
+                None => self.query.is_empty(),
+                Some(q) => !q.is_empty() && q == self.query,
+            };
+        same.then_some(target)
+    }
+}
+
+fn invalid_target(e: &http::uri::InvalidUri) -> HttpError {
+    HttpError::BadRequest(format!("invalid request target: {e}"))
+}
+
+/// Whether `host` is already the one `Host` header of `headers`.
+fn has_only_host(headers: &HeaderMap, host: &str) -> bool {
+    let mut values = headers.get_all(HOST).iter();
+    values
+        .next()
+        .is_some_and(|v| v.as_bytes() == host.as_bytes())
+        && values.next().is_none()
 }
 
 /// Where a request goes once its route (if any) is applied.
@@ -343,8 +381,9 @@ impl HttpOutbound {
             method: parts.method.clone(),
             path: path.to_owned(),
             query: query.to_owned(),
-            headers: parts.headers.clone(),
+            headers: std::mem::take(&mut parts.headers),
             host: original_host.clone(),
+            target: parts.uri.path_and_query().cloned(),
         };
 
         let Some(target) = routes.by_vip(client.destination).cloned() else {
@@ -385,7 +424,8 @@ impl HttpOutbound {
             method: &parts.method,
             path,
             query,
-            headers: &parts.headers,
+            // The request's headers (hop-by-hop ones stripped), not yet edited.
+            headers: &out.headers,
             grpc,
         };
         let Some(selected) = select(&table, &info) else {
@@ -593,6 +633,7 @@ impl HttpOutbound {
             None => (Some(body), None),
         };
         let mut retries = 0u32;
+        let mut last_failed: Option<std::net::SocketAddr> = None;
         loop {
             let body = match (first.take(), &replay) {
                 (Some(body), _) => body,
@@ -602,27 +643,50 @@ impl HttpOutbound {
                 },
                 (None, None) => return Err(HttpError::BadRequest("request body lost".into())),
             };
+            // A retry goes to another endpoint than the one that just
+            // failed, when there is one (as Envoy's previous-hosts predicate).
+            let others: Vec<_>;
+            let candidates = match last_failed {
+                Some(bad) if plan.endpoints.len() > 1 => {
+                    others = plan
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.addr != bad)
+                        .cloned()
+                        .collect();
+                    &others[..]
+                }
+                _ => plan.endpoints,
+            };
             let (endpoint, in_flight) = self
                 .inner
                 .balancer
-                .pick(plan.endpoints)
+                .pick(candidates)
                 .ok_or_else(|| Self::no_endpoints(plan))?;
             let req = out.build(plan.protocol, endpoint.addr, body)?;
             let sent = self
                 .inner
                 .pool
                 .send(&client.connector, endpoint.addr, plan.protocol, req);
-            let outcome = match backend_timeout {
+            let mut outcome = match backend_timeout {
                 Some(t) => match tokio::time::timeout(t, sent).await {
                     Ok(r) => r.map_err(HttpError::from),
                     Err(_) => Err(HttpError::BackendTimeout(t)),
                 },
                 None => sent.await.map_err(HttpError::from),
             };
+            // The destination proxy could not reach the app: a connection
+            // error, as if this proxy's own connection had failed.
+            let app_unreachable = outcome.as_mut().is_ok_and(|resp| {
+                resp.headers_mut()
+                    .remove(super::UPSTREAM_ERROR_HEADER)
+                    .is_some()
+            });
             let Some(policy) = policy else {
                 return outcome.map(|r| (r, in_flight));
             };
             let retryable = match &outcome {
+                Ok(_) if app_unreachable => true,
                 Ok(resp) => policy.codes.contains(&retry_status(resp)),
                 // A timed-out attempt is a connection error: retried whenever
                 // the rule retries at all, 504 listed or not (Gateway API:
@@ -656,6 +720,7 @@ impl HttpOutbound {
                 return outcome.map(|r| (r, in_flight));
             }
             retries += 1;
+            last_failed = Some(endpoint.addr);
             self.inner.metrics.retry();
             match &outcome {
                 Ok(resp) => tracing::debug!(

@@ -287,8 +287,10 @@ struct PortTables {
 #[derive(Debug, Default)]
 pub struct Routes {
     by_vip: HashMap<SocketAddr, Arc<PortTarget>>,
-    by_name: HashMap<(ServiceKey, u16), Arc<PortTarget>>,
-    tables: HashMap<(ServiceKey, u16), PortTables>,
+    /// By Service, then port (looked up without cloning the key).
+    by_name: HashMap<ServiceKey, HashMap<u16, Arc<PortTarget>>>,
+    /// By Service, then port.
+    tables: HashMap<ServiceKey, HashMap<u16, PortTables>>,
 }
 
 impl Routes {
@@ -328,7 +330,11 @@ impl Routes {
                         .by_vip
                         .insert(SocketAddr::new(vip, port), target.clone());
                 }
-                routes.by_name.insert((key.clone(), port), target);
+                routes
+                    .by_name
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(port, target);
             }
         }
         for sr in config.service_routes() {
@@ -348,7 +354,11 @@ impl Routes {
                         })
                         .collect(),
                 };
-                routes.tables.insert((key.clone(), port), tables);
+                routes
+                    .tables
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(port, tables);
             }
         }
         routes
@@ -361,7 +371,7 @@ impl Routes {
 
     /// A Service port by name and port number.
     pub fn port(&self, service: &ServiceKey, port: u16) -> Option<&Arc<PortTarget>> {
-        self.by_name.get(&(service.clone(), port))
+        self.by_name.get(service)?.get(&port)
     }
 
     /// The table a client in `client_namespace` uses for `service`:`port`:
@@ -373,7 +383,7 @@ impl Routes {
         port: u16,
         client_namespace: &str,
     ) -> Option<&Arc<RouteTable>> {
-        let tables = self.tables.get(&(service.clone(), port))?;
+        let tables = self.tables.get(service)?.get(&port)?;
         tables
             .consumers
             .get(client_namespace)

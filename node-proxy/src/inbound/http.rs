@@ -183,6 +183,7 @@ impl LocalReply {
             if let Ok(v) = HeaderValue::from_str(&printable.replace('%', "%25")) {
                 headers.insert("grpc-message", v);
             }
+            self.mark(&mut resp);
             return resp;
         }
         let mut resp = Response::new(
@@ -195,7 +196,23 @@ impl LocalReply {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        self.mark(&mut resp);
         resp
+    }
+
+    /// Tells the client's node proxy that this reply is a connection error
+    /// (the app refused or dropped the connection), which a route's retry
+    /// policy retries like a failed connection of its own.
+    fn mark(&self, resp: &mut Response<HttpBody>) {
+        let kind = match self {
+            Self::Connect { .. } => "connect",
+            Self::Upstream { .. } => "reset",
+            Self::Denied(_) | Self::BadRequest(_) => return,
+        };
+        resp.headers_mut().insert(
+            crate::http::UPSTREAM_ERROR_HEADER,
+            HeaderValue::from_static(kind),
+        );
     }
 }
 
@@ -442,6 +459,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes the connection-specific headers (RFC 9110 §7.6.1); an upgrade
 /// keeps `Connection: upgrade` and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Only this proxy's own replies may say the app was unreachable.
+    headers.remove(crate::http::UPSTREAM_ERROR_HEADER);
     let listed: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
