@@ -11,15 +11,7 @@ use hawser_tests::lab::conformance::{self, Options};
 use hawser_tests::lab::{Lab, LabConfig};
 
 /// Removes the lab even when an assertion fails.
-struct Guard(Option<Lab>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(lab) = self.0.take() {
-            let _ = lab.down();
-        }
-    }
-}
+use hawser_tests::lab::LabGuard as Guard;
 
 /// A copy of the suite in `to` whose MeshBasic case expects a 418.
 fn suite_expecting_418(from: &Path, to: &Path) {

@@ -9,15 +9,7 @@ use std::path::PathBuf;
 use hawser_tests::lab::{Lab, LabConfig, LabError, sys};
 
 /// Removes the lab even when an assertion fails.
-struct Guard(Option<Lab>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(lab) = self.0.take() {
-            let _ = lab.down();
-        }
-    }
-}
+use hawser_tests::lab::LabGuard as Guard;
 
 fn config(tag: &str) -> (LabConfig, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -26,21 +26,7 @@ use hawser_tests::lab::{Lab, LabConfig};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Removes the lab even when an assertion fails.
-struct Guard(Option<Lab>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(lab) = self.0.take() {
-            let _ = lab.down();
-        }
-    }
-}
-
-impl Guard {
-    fn lab(&mut self) -> &mut Lab {
-        self.0.as_mut().expect("lab is up")
-    }
-}
+use hawser_tests::lab::LabGuard as Guard;
 
 const NS: &str = "l7";
 

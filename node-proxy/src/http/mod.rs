@@ -43,6 +43,7 @@ pub use body::{BoxError, HttpBody};
 pub use metrics::{HttpMetrics, MetricsSnapshot};
 pub use pool::UpstreamError;
 pub use proxy::HttpOutbound;
+pub(crate) use proxy::strip_hop_by_hop;
 pub use respond::HttpError;
 pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};

@@ -124,7 +124,8 @@ impl Outgoing {
     /// sent (no rewrite, and written the way [`with_query`] writes them).
     fn unchanged_target(&self) -> Option<&PathAndQuery> {
         let target = self.target.as_ref()?;
-        let same = target.path() == self.path
+        let same = target.as_str().starts_with('/')
+            && target.path() == self.path
             && match target.query() {
                 None => self.query.is_empty(),
                 Some(q) => !q.is_empty() && q == self.query,
@@ -156,8 +157,11 @@ struct Plan<'a> {
     response_filters: Vec<&'a HeaderModifier>,
 }
 
-/// Names the connection-specific headers of `headers` (RFC 9110 §7.6.1).
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// Removes the connection-specific headers (RFC 9110 §7.6.1): those the
+/// `Connection` header names, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding`, and `TE` other than `trailers`; an upgrade keeps
+/// `Connection: upgrade` and `Upgrade`. Also used by the inbound side.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -523,11 +527,16 @@ impl HttpOutbound {
             let (tee, copy) = Tee::split(body, self.inner.settings.max_mirror_body);
             (boxed(tee), copy)
         };
-        let Some((endpoint, in_flight)) = self.inner.balancer.pick(&target.endpoints) else {
+        let Some((endpoint, in_flight)) = self
+            .inner
+            .balancer
+            .pick(&target.endpoints)
+            .map(|(e, f)| (e.addr, f))
+        else {
             tracing::debug!(service = %m.service, port = m.port, "mirror has no ready endpoint");
             return body;
         };
-        let req = match out.build(target.protocol, endpoint.addr, copy) {
+        let req = match out.build(target.protocol, endpoint, copy) {
             Ok(req) => req,
             Err(e) => {
                 tracing::debug!(error = %e, "mirror request not built");
@@ -543,7 +552,7 @@ impl HttpOutbound {
                 let _in_flight = in_flight;
                 let exchange = async {
                     let resp = pool
-                        .send(&connector, endpoint.addr, target.protocol, req)
+                        .send(&connector, endpoint, target.protocol, req)
                         .await?;
                     let status = resp.status();
                     // Read the answer so the connection can be reused.

@@ -25,9 +25,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use hawser_api::SpiffeId;
 use hawser_api::cni::PROXY_MARK;
-use http::header::{CONNECTION, CONTENT_TYPE, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -456,30 +456,12 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
-/// Removes the connection-specific headers (RFC 9110 §7.6.1); an upgrade
-/// keeps `Connection: upgrade` and `Upgrade`.
+/// Removes the connection-specific headers (see
+/// `crate::http::strip_hop_by_hop`) and the header only this proxy's
+/// own replies may carry (the app was unreachable).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Only this proxy's own replies may say the app was unreachable.
     headers.remove(crate::http::UPSTREAM_ERROR_HEADER);
-    let listed: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(keep_upgrade && name == UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    if !keep_upgrade {
-        headers.remove(CONNECTION);
-        headers.remove(UPGRADE);
-    }
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(name);
-    }
-    headers.remove(TRANSFER_ENCODING);
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
-    }
+    crate::http::strip_hop_by_hop(headers, keep_upgrade);
 }
 
 #[cfg(test)]

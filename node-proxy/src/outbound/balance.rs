@@ -56,24 +56,27 @@ impl Balancer {
     }
 
     /// Picks one of `endpoints`: two at random, the less loaded of them.
-    pub fn pick(&self, endpoints: &[Endpoint]) -> Option<(Endpoint, InFlight)> {
-        let chosen = match endpoints.len() {
+    /// One lock, no allocation: this runs for every connection and request.
+    pub fn pick<'e>(&self, endpoints: &'e [Endpoint]) -> Option<(&'e Endpoint, InFlight)> {
+        let mut load = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counter = |addr: SocketAddr| load.entry(addr).or_default().clone();
+        let (chosen, count) = match endpoints.len() {
             0 => return None,
-            1 => &endpoints[0],
+            1 => (&endpoints[0], counter(endpoints[0].addr)),
             n => {
                 let a = rand::random_range(0..n);
                 // A second, different index.
                 let b = (a + 1 + rand::random_range(0..n - 1)) % n;
                 let (ea, eb) = (&endpoints[a], &endpoints[b]);
-                if self.in_flight(eb.addr) < self.in_flight(ea.addr) {
-                    eb
+                let (ca, cb) = (counter(ea.addr), counter(eb.addr));
+                if cb.load(Ordering::Relaxed) < ca.load(Ordering::Relaxed) {
+                    (eb, cb)
                 } else {
-                    ea
+                    (ea, ca)
                 }
             }
         };
-        let counter = self.counter(chosen.addr);
-        counter.fetch_add(1, Ordering::Relaxed);
-        Some((chosen.clone(), InFlight(counter)))
+        count.fetch_add(1, Ordering::Relaxed);
+        Some((chosen, InFlight(count)))
     }
 }

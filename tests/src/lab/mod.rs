@@ -260,6 +260,26 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), LabError> {
     Ok((code, body.to_owned()))
 }
 
+/// Takes a lab down when dropped, so a test that fails an assertion still
+/// removes everything its lab made. `.0.take()` keeps it up.
+#[derive(Debug)]
+pub struct LabGuard(pub Option<Lab>);
+
+impl LabGuard {
+    /// The lab (panics if it was taken out).
+    pub fn lab(&mut self) -> &mut Lab {
+        self.0.as_mut().expect("the guarded lab is up")
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Some(lab) = self.0.take() {
+            let _ = lab.down();
+        }
+    }
+}
+
 /// A lab, up or being brought up.
 #[derive(Debug)]
 pub struct Lab {
