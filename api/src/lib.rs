@@ -5,12 +5,14 @@
 //!   peer's chain and SPIFFE ID; the one crypto provider (aws-lc-rs).
 //! - [`cni`]: the CNI plugin ↔ node proxy protocol (framing, `SCM_RIGHTS`
 //!   netns handoff, client and server) and the shared redirection constants.
+//! - [`duration`]: the duration syntax of every command line.
 //! - [`protocol`]: which Service ports carry HTTP.
 //! - [`proto`]: the gRPC protocols (identity, …) generated from `proto/`.
 //!
 //! This crate never depends on `kube`: the data plane links it.
 
 pub mod cni;
+pub mod duration;
 pub mod proto;
 pub mod protocol;
 pub mod spiffe;

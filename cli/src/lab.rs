@@ -58,7 +58,7 @@ pub enum LabCmd {
         #[arg(long)]
         json: bool,
         /// How long a case may take to pass 3 times in a row (upstream: 30s).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = hawser_api::duration::parse_duration)]
         timeout: Duration,
         /// Leave the base manifests applied afterwards.
         #[arg(long)]
@@ -201,8 +201,4 @@ fn print_report(report: &hawser_tests::lab::apply::ApplyReport) -> ExitCode {
 
 fn print_status(lab: &Lab) {
     println!("{}", lab.status());
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    hawser_tests::echo::duration::parse_duration(s).map_err(|e| e.to_string())
 }

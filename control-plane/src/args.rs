@@ -127,52 +127,11 @@ impl Args {
     }
 }
 
-/// Parses durations such as `500ms`, `90s`, `5m`, `24h`, `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("{s:?}: expected a number before the unit"));
-        }
-        let n: u64 = rest[..digits].parse().map_err(|e| format!("{s:?}: {e}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "" => return Err(format!("{s:?}: missing unit (ms, s, m or h)")),
-            other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s, m or h)")),
-        };
-        total += unit;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
+pub use hawser_api::duration::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("h").is_err());
-    }
 
     #[test]
     fn intermediate_flags_go_together() {

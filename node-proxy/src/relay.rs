@@ -5,7 +5,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,6 +14,10 @@ use tokio::time::Instant;
 
 /// Buffer per direction.
 pub const BUFFER: usize = 64 * 1024;
+
+/// The idle timeout of relayed connections unless configured otherwise
+/// (Envoy's TCP proxy default).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// How a relay ended.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +47,16 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+    let last = AtomicU64::new(0);
     let mut a = Tracked {
         inner: a,
         start,
-        last: last.clone(),
+        last: &last,
     };
     let mut b = Tracked {
         inner: b,
         start,
-        last: last.clone(),
+        last: &last,
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
     tokio::pin!(copy);
@@ -79,7 +82,7 @@ where
 struct Tracked<'a, T: ?Sized> {
     inner: &'a mut T,
     start: Instant,
-    last: Arc<AtomicU64>,
+    last: &'a AtomicU64,
 }
 
 impl<T: ?Sized> Tracked<'_, T> {

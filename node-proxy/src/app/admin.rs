@@ -120,11 +120,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             format!("{}\n", state.log_filter.lock().as_str()),
         ),
         (&Method::POST, "/logging") => {
-            let level = req.uri().query().and_then(|q| {
-                form_pairs(q)
-                    .into_iter()
-                    .find_map(|(k, v)| (k == "level").then_some(v))
-            });
+            let level = req.uri().query().and_then(query_level);
             let Some(level) = level else {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -151,39 +147,10 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-/// `a=b&c=d` with `%xx` and `+` decoded.
-fn form_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((decode(k), decode(v)))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The `level` parameter of a query string, decoded.
+fn query_level(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find_map(|(k, v)| (k == "level").then(|| v.into_owned()))
 }
 
 fn ready(state: &AdminState) -> Response<Full<Bytes>> {
@@ -409,22 +376,4 @@ fn json_response(value: &Value) -> Response<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_values_are_decoded() {
-        assert_eq!(
-            form_pairs("level=info%2Chawser_node_proxy%3Ddebug&x=a+b"),
-            vec![
-                ("level".into(), "info,hawser_node_proxy=debug".into()),
-                ("x".into(), "a b".into())
-            ]
-        );
-        assert_eq!(decode("100%"), "100%");
-        assert_eq!(decode("%zz"), "%zz");
-    }
 }

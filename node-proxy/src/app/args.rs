@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use hawser_api::TrustDomain;
+use hawser_api::duration::parse_duration;
 
 /// The Hawser node proxy: one per node.
 #[derive(Debug, Clone, Parser)]
@@ -86,36 +87,9 @@ impl Args {
     }
 }
 
-/// `500ms`, `5s`, `10m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?}: a unit is required (ms, s, m, h)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number followed by ms, s, m or h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5").unwrap_err().contains("unit"));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("s").is_err());
-    }
 
     #[test]
     fn flags_parse_and_the_socket_defaults_into_the_run_dir() {

@@ -78,7 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let discovery = DiscoveryClient::new(control_plane.channel(), args.node_name.clone());
     let mut config = discovery.config();
     let (stop, stopped) = watch::channel(false);
-    let discovery_task = tokio::spawn(discovery.run(stopped));
+    let discovery_task = tokio::spawn(discovery.run(stopped.clone()));
 
     let certs = CertManager::new(control_plane.clone(), CertManagerConfig::default());
     let dataplane = DataPlane::new(
@@ -105,7 +105,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
-    let (admin_stop, mut admin_stopped) = watch::channel(false);
     tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -120,22 +119,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             set_log_filter,
         },
         async move {
-            let _ = admin_stopped.wait_for(|s| *s).await;
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
         },
     ));
     tracing::info!(addr = %args.admin_addr, "serving the admin API");
 
     wait_first_config(&mut config).await;
-    let report = inpod.restore().await;
-    tracing::info!(
-        restored = report.restored.len(),
-        dropped = report.dropped.len(),
-        failed = report.failed.len(),
-        "restored pods enrolled before this start"
-    );
-    for (id, reason) in &report.failed {
-        tracing::warn!(container = %id, %reason, "could not restore pod");
-    }
+    // The in-pod layer logs what it restored, dropped or could not restore.
+    inpod.restore().await;
     let socket = args.cni_socket();
     let cni = CniServer::bind(&socket, Arc::new(inpod.clone()))
         .with_context(|| format!("serving the CNI socket {}", socket.display()))?;
@@ -146,7 +138,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(cni);
     inpod.shutdown();
     let _ = stop.send(true);
-    let _ = admin_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), discovery_task).await;
     tracing::info!("stopped");
     Ok(())
@@ -193,18 +184,14 @@ fn node_addresses() -> Vec<IpAddr> {
                 addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
             }
         })
-        .filter(|ip| !ip.is_loopback() && !is_link_local(ip))
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+        })
         .collect();
     out.sort();
     out.dedup();
     out
-}
-
-fn is_link_local(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
 }
 
 async fn shutdown_signal() {

@@ -246,20 +246,12 @@ fn source_matches(s: &Source, conn: &Connection<'_>) -> bool {
         }
     }
     if !s.ip_block.is_empty() {
-        return parse_cidr(&s.ip_block).is_some_and(|c| c.contains(conn.peer_ip));
+        return s
+            .ip_block
+            .parse::<Cidr>()
+            .is_ok_and(|c| c.contains(conn.peer_ip));
     }
     true
-}
-
-fn parse_cidr(s: &str) -> Option<Cidr> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a.parse().ok()?, l.parse().ok()?),
-        None => {
-            let a: IpAddr = s.parse().ok()?;
-            (a, if a.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    Cidr::new(addr, len).ok()
 }
 
 #[cfg(test)]

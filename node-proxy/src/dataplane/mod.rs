@@ -75,7 +75,7 @@ pub struct DataPlaneSettings {
 impl Default for DataPlaneSettings {
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(3600),
+            idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             hbone_server: ServerConfig::default(),
@@ -160,7 +160,8 @@ impl DataPlane {
         config: watch::Receiver<Arc<NodeConfig>>,
     ) -> Self {
         let balancer = Arc::new(Balancer::default());
-        let config_for_http = config.clone();
+        let http =
+            HttpOutbound::with_balancer(config.clone(), HttpSettings::default(), balancer.clone());
         let destinations = spawn_destinations(config.clone(), balancer.clone());
         Self {
             shared: Arc::new(Shared {
@@ -173,7 +174,7 @@ impl DataPlane {
                 balancer,
                 connections: Arc::default(),
                 stats: Arc::default(),
-                http: HttpOutbound::new(config_for_http, HttpSettings::default()),
+                http,
             }),
         }
     }

@@ -21,6 +21,7 @@ use crate::inbound::PodInbound;
 use crate::inpod::{DrainWatch, NetnsHandle, PodContext, PodSockets, original_dst};
 use crate::outbound::Route;
 use crate::relay::{Moved, relay};
+use crate::tunnel::server::ServerConfig;
 use crate::tunnel::{
     Admitted, ConnectionRecord, Dialer, Direction, HboneHandler, HbonePool, Io, Negotiated,
     PoolKey, Refusal, TunnelError, serve_connection,
@@ -208,7 +209,7 @@ impl PodRuntime {
                 let tunnel = match self.tunnel(target, proxy, identity).await {
                     Ok(t) => t,
                     Err(e) => {
-                        let denied = matches!(&e, OpenError::Tunnel(TunnelError::Refused { status, .. }) if *status == http::StatusCode::FORBIDDEN);
+                        let denied = matches!(&e, OpenError::Tunnel(t) if t.is_denied());
                         tracing::info!(pod = %self.name, %original, %target, error = %e, "outbound connection reset");
                         Stats::bump(if denied {
                             &self.shared.stats.outbound_denied
@@ -370,7 +371,11 @@ impl PodRuntime {
             peer.clone(),
             peer_addr,
             handler,
-            self.shared.settings.hbone_server,
+            // One idle timeout for every relay the data plane runs.
+            ServerConfig {
+                idle_timeout: self.shared.settings.idle_timeout,
+                ..self.shared.settings.hbone_server
+            },
         )
         .await
         {
@@ -431,14 +436,10 @@ impl UpstreamConnector for PodConnector {
                 identity,
             } => match pod.tunnel(target, proxy, identity).await {
                 Ok(stream) => Ok(Box::new(stream)),
-                Err(OpenError::Tunnel(TunnelError::Refused { status, .. }))
-                    if status == http::StatusCode::FORBIDDEN =>
-                {
-                    Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!("{target}: denied by the destination's authorization policy"),
-                    ))
-                }
+                Err(OpenError::Tunnel(t)) if t.is_denied() => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{target}: denied by the destination's authorization policy"),
+                )),
                 Err(e) => Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     e.to_string(),

@@ -53,7 +53,7 @@ struct Inner {
     /// The routes compiled from the config they were compiled from.
     compiled: RwLock<(Arc<NodeConfig>, Arc<Routes>)>,
     settings: HttpSettings,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
     pool: Arc<Pool>,
     budgets: Mutex<HashMap<ServiceKey, Arc<RetryBudget>>>,
     metrics: HttpMetrics,
@@ -200,7 +200,11 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// A backend by weight; `None` when every weight is 0.
 fn choose_backend(backends: &[Backend], total: u64) -> Option<&Backend> {
+    if total == 0 {
+        return None;
+    }
     let mut n = rand::random_range(0..total);
     backends.iter().find(|b| {
         let w = u64::from(b.weight);
@@ -235,6 +239,16 @@ impl HttpOutbound {
     /// An engine following `config` (the routes are recompiled when a new
     /// config is published).
     pub fn new(config: watch::Receiver<Arc<NodeConfig>>, settings: HttpSettings) -> Self {
+        Self::with_balancer(config, settings, Arc::default())
+    }
+
+    /// Like [`Self::new`], counting requests in flight in `balancer`
+    /// (shared with the L4 path, which prunes it when endpoints go).
+    pub fn with_balancer(
+        config: watch::Receiver<Arc<NodeConfig>>,
+        settings: HttpSettings,
+        balancer: Arc<Balancer>,
+    ) -> Self {
         let current = config.borrow().clone();
         let routes = Arc::new(Routes::new(&current));
         Self {
@@ -243,7 +257,7 @@ impl HttpOutbound {
                 compiled: RwLock::new((current, routes)),
                 pool: Pool::new(settings.max_idle_per_endpoint, settings.idle_timeout),
                 settings,
-                balancer: Balancer::default(),
+                balancer,
                 budgets: Mutex::new(HashMap::new()),
                 metrics: HttpMetrics::default(),
             }),
@@ -460,11 +474,6 @@ impl HttpOutbound {
         ) {
             return Ok(resp);
         }
-        if rule.total_weight == 0 {
-            return Err(HttpError::NoBackends {
-                rule: format!("{}#{}", rule.route, rule.rule_index),
-            });
-        }
         let backend = choose_backend(&rule.backends, rule.total_weight).ok_or_else(|| {
             HttpError::NoBackends {
                 rule: format!("{}#{}", rule.route, rule.rule_index),
@@ -652,25 +661,11 @@ impl HttpOutbound {
                 },
                 (None, None) => return Err(HttpError::BadRequest("request body lost".into())),
             };
-            // A retry goes to another endpoint than the one that just
-            // failed, when there is one (as Envoy's previous-hosts predicate).
-            let others: Vec<_>;
-            let candidates = match last_failed {
-                Some(bad) if plan.endpoints.len() > 1 => {
-                    others = plan
-                        .endpoints
-                        .iter()
-                        .filter(|e| e.addr != bad)
-                        .cloned()
-                        .collect();
-                    &others[..]
-                }
-                _ => plan.endpoints,
-            };
+            // A retry goes to another endpoint than the one that just failed.
             let (endpoint, in_flight) = self
                 .inner
                 .balancer
-                .pick(candidates)
+                .pick_excluding(plan.endpoints, last_failed)
                 .ok_or_else(|| Self::no_endpoints(plan))?;
             let req = out.build(plan.protocol, endpoint.addr, body)?;
             let sent = self
@@ -792,8 +787,12 @@ impl HttpOutbound {
                     };
                 let mut client_io = TokioIo::new(client_io);
                 let mut upstream_io = TokioIo::new(upstream_io);
-                match tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
-                    Ok((up, down)) => {
+                let idle = crate::relay::DEFAULT_IDLE_TIMEOUT;
+                match crate::relay::relay(&mut client_io, &mut upstream_io, idle).await {
+                    Ok(crate::relay::Moved {
+                        a_to_b: up,
+                        b_to_a: down,
+                    }) => {
                         tracing::debug!(%addr, up, down, "upgraded connection closed")
                     }
                     Err(e) => tracing::debug!(%addr, error = %e, "upgraded connection failed"),

@@ -402,8 +402,12 @@ impl Server {
                     }
                 };
                 let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
-                match tokio::io::copy_bidirectional(&mut client, &mut app).await {
-                    Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                let idle = crate::relay::DEFAULT_IDLE_TIMEOUT;
+                match crate::relay::relay(&mut client, &mut app, idle).await {
+                    Ok(crate::relay::Moved {
+                        a_to_b: up,
+                        b_to_a: down,
+                    }) => tracing::debug!(up, down, "upgraded connection closed"),
                     Err(e) => tracing::debug!(error = %e, "upgraded connection failed"),
                 }
             }

@@ -212,14 +212,14 @@ impl PodInbound {
         }
     }
 
-    /// Decides at L4 and connects (bytes will be relayed).
+    /// Decides at L4 and connects (bytes will be relayed); the caller has
+    /// checked the target.
     async fn admit(
         &self,
         peer: Option<&SpiffeId>,
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> Result<TcpStream, Refusal> {
-        self.check_target(target)?;
         let eval = self.evaluate_l4(peer, peer_addr, target);
         // Only formatted when something is logged.
         let who = || peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
@@ -249,6 +249,7 @@ impl HboneHandler for PodInbound {
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> Result<TcpStream, Refusal> {
+        self.check_target(target)?;
         self.admit(Some(peer), peer_addr, target).await
     }
 

@@ -58,16 +58,36 @@ impl Balancer {
     /// Picks one of `endpoints`: two at random, the less loaded of them.
     /// One lock, no allocation: this runs for every connection and request.
     pub fn pick<'e>(&self, endpoints: &'e [Endpoint]) -> Option<(&'e Endpoint, InFlight)> {
+        self.pick_excluding(endpoints, None)
+    }
+
+    /// Like [`Self::pick`], but never `exclude` when there is another
+    /// endpoint (a retry goes elsewhere than the attempt that failed, as
+    /// Envoy's previous-hosts predicate does).
+    pub fn pick_excluding<'e>(
+        &self,
+        endpoints: &'e [Endpoint],
+        exclude: Option<SocketAddr>,
+    ) -> Option<(&'e Endpoint, InFlight)> {
+        let skip = exclude
+            .filter(|_| endpoints.len() > 1)
+            .and_then(|addr| endpoints.iter().position(|e| e.addr == addr));
+        let n = endpoints.len() - usize::from(skip.is_some());
+        // The i-th candidate, stepping over the excluded one.
+        let at = |i: usize| match skip {
+            Some(s) if i >= s => &endpoints[i + 1],
+            _ => &endpoints[i],
+        };
         let mut load = self.load.lock().unwrap_or_else(|e| e.into_inner());
         let mut counter = |addr: SocketAddr| load.entry(addr).or_default().clone();
-        let (chosen, count) = match endpoints.len() {
+        let (chosen, count) = match n {
             0 => return None,
-            1 => (&endpoints[0], counter(endpoints[0].addr)),
+            1 => (at(0), counter(at(0).addr)),
             n => {
                 let a = rand::random_range(0..n);
                 // A second, different index.
                 let b = (a + 1 + rand::random_range(0..n - 1)) % n;
-                let (ea, eb) = (&endpoints[a], &endpoints[b]);
+                let (ea, eb) = (at(a), at(b));
                 let (ca, cb) = (counter(ea.addr), counter(eb.addr));
                 if cb.load(Ordering::Relaxed) < ca.load(Ordering::Relaxed) {
                     (eb, cb)

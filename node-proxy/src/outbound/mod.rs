@@ -88,7 +88,16 @@ pub enum OutboundError {
 #[derive(Debug, Default)]
 pub struct Destinations {
     by_vip: HashMap<SocketAddr, Arc<ServicePort>>,
-    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    by_ip: HashMap<IpAddr, Arc<Member>>,
+}
+
+/// A workload of the mesh with its identity parsed once per config version
+/// (not per connection).
+#[derive(Debug)]
+struct Member {
+    workload: Workload,
+    /// Its SPIFFE ID when enrolled; why it is unusable otherwise.
+    identity: Option<Result<SpiffeId, String>>,
 }
 
 impl Destinations {
@@ -96,9 +105,14 @@ impl Destinations {
     pub fn new(config: &NodeConfig) -> Self {
         let mut by_ip = HashMap::new();
         for w in config.workloads() {
-            let w = Arc::new(w.clone());
+            let member = Arc::new(Member {
+                identity: w
+                    .enrolled
+                    .then(|| SpiffeId::parse_workload(&w.spiffe_id).map_err(|e| e.to_string())),
+                workload: w.clone(),
+            });
             for ip in w.ips.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-                by_ip.insert(ip, w.clone());
+                by_ip.insert(ip, member.clone());
             }
         }
         let mut by_vip = HashMap::new();
@@ -149,8 +163,8 @@ impl Destinations {
     }
 
     /// The workload with IP `ip`.
-    pub fn workload(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_ip.get(&ip)
+    pub fn workload(&self, ip: IpAddr) -> Option<&Workload> {
+        self.by_ip.get(&ip).map(|m| &m.workload)
     }
 
     /// Resolves a captured connection's original destination to a route,
@@ -179,21 +193,20 @@ impl Destinations {
 
     /// HBONE to an enrolled pod, plain TCP otherwise.
     pub fn route_to(&self, target: SocketAddr) -> Result<Route, OutboundError> {
-        match self.workload(target.ip()) {
-            Some(w) if w.enrolled => {
-                let identity = SpiffeId::parse_workload(&w.spiffe_id).map_err(|e| {
-                    OutboundError::BadIdentity {
-                        uid: w.uid.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                Ok(Route::Hbone {
-                    target,
-                    proxy: SocketAddr::new(target.ip(), HBONE_INBOUND_PORT),
-                    identity,
-                })
-            }
-            _ => Ok(Route::Plain(target)),
+        let Some(member) = self.by_ip.get(&target.ip()) else {
+            return Ok(Route::Plain(target));
+        };
+        match &member.identity {
+            None => Ok(Route::Plain(target)),
+            Some(Ok(identity)) => Ok(Route::Hbone {
+                target,
+                proxy: SocketAddr::new(target.ip(), HBONE_INBOUND_PORT),
+                identity: identity.clone(),
+            }),
+            Some(Err(reason)) => Err(OutboundError::BadIdentity {
+                uid: member.workload.uid.clone(),
+                reason: reason.clone(),
+            }),
         }
     }
 }

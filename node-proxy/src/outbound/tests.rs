@@ -150,3 +150,47 @@ fn power_of_two_choices_spreads_load_and_releases_it() {
     assert!(eps.iter().all(|e| balancer.in_flight(e.addr) == 0));
     assert!(balancer.pick(&[]).is_none());
 }
+
+#[test]
+fn a_retry_pick_skips_the_failed_endpoint_unless_it_is_the_only_one() {
+    let eps: Vec<Endpoint> = (1..=3)
+        .map(|i| Endpoint {
+            addr: SocketAddr::from(([10, 244, 2, i], 8080)),
+            workload_uid: format!("w{i}"),
+        })
+        .collect();
+    let balancer = Balancer::default();
+    let failed = eps[1].addr;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let (e, _) = balancer.pick_excluding(&eps, Some(failed)).expect("pick");
+        assert_ne!(e.addr, failed);
+        seen.insert(e.addr);
+    }
+    assert_eq!(seen.len(), 2, "both other endpoints are used");
+    let (only, _) = balancer
+        .pick_excluding(&eps[1..2], Some(failed))
+        .expect("the only endpoint");
+    assert_eq!(only.addr, failed);
+    assert!(balancer.pick_excluding(&[], Some(failed)).is_none());
+}
+
+#[test]
+fn counters_of_endpoints_that_went_are_dropped_once_idle() {
+    let eps: Vec<Endpoint> = (1..=2)
+        .map(|i| Endpoint {
+            addr: SocketAddr::from(([10, 244, 2, i], 8080)),
+            workload_uid: format!("w{i}"),
+        })
+        .collect();
+    let balancer = Balancer::default();
+    let held = balancer.pick(&eps[..1]).expect("pick").1;
+    let _ = balancer.pick(&eps[1..]).expect("pick");
+    assert_eq!(balancer.tracked(), 2);
+    // Neither is live any more; the one with a connection in flight stays.
+    balancer.retain(|_| false);
+    assert_eq!(balancer.tracked(), 1);
+    drop(held);
+    balancer.retain(|_| false);
+    assert_eq!(balancer.tracked(), 0);
+}

@@ -87,6 +87,11 @@ pub enum TunnelError {
 }
 
 impl TunnelError {
+    /// Whether the destination's authorization policy refused the stream.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if *status == StatusCode::FORBIDDEN)
+    }
+
     /// The peer-verification failure behind a TLS error, if that was the cause.
     pub fn verify_error(&self) -> Option<&PeerVerifyError> {
         match self {
@@ -216,13 +221,14 @@ impl HbonePool {
         source: &Svid,
         fresh: bool,
     ) -> Result<Pooled, TunnelError> {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            // The key is only copied the first time (this runs per stream).
+            match slots.get(key) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(key.clone()).or_default().clone(),
+            }
+        };
         // Concurrent first uses of a key wait for one handshake, not one each.
         let mut guard = slot.lock().await;
         if !fresh && let Some(pooled) = guard.as_ref() {

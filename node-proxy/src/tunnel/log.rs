@@ -149,29 +149,48 @@ impl ConnectionRecord {
 /// Open connections and the last [`CLOSED_KEPT`] closed ones.
 #[derive(Debug, Default)]
 pub struct ConnectionLog {
-    entries: Mutex<VecDeque<Arc<ConnectionRecord>>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    entries: VecDeque<Arc<ConnectionRecord>>,
+    /// The length at which `record` prunes next.
+    prune_at: usize,
 }
 
 impl ConnectionLog {
     /// Adds a connection; forgets the oldest closed ones beyond the bound.
     pub fn record(&self, record: ConnectionRecord) -> Arc<ConnectionRecord> {
         let record = Arc::new(record);
-        let mut entries = self.entries.lock();
-        entries.push_back(record.clone());
-        prune(&mut entries);
+        let mut log = self.entries.lock();
+        log.entries.push_back(record.clone());
+        // Scanning on every connection would cost O(open connections): the
+        // list is pruned when it has grown by CLOSED_KEPT since the last
+        // prune, so the cost per connection stays constant.
+        if log.entries.len() >= log.prune_at {
+            prune(&mut log.entries);
+            log.prune_at = log.entries.len() + CLOSED_KEPT;
+        }
         record
     }
 
     /// Every remembered connection, oldest first.
     pub fn snapshot(&self) -> Vec<Arc<ConnectionRecord>> {
-        let mut entries = self.entries.lock();
-        prune(&mut entries);
-        entries.iter().cloned().collect()
+        let mut log = self.entries.lock();
+        prune(&mut log.entries);
+        log.prune_at = log.entries.len() + CLOSED_KEPT;
+        log.entries.iter().cloned().collect()
     }
 
     /// Open connections.
     pub fn open(&self) -> usize {
-        self.entries.lock().iter().filter(|e| e.is_open()).count()
+        self.entries
+            .lock()
+            .entries
+            .iter()
+            .filter(|e| e.is_open())
+            .count()
     }
 }
 

@@ -123,7 +123,7 @@ impl Default for ServerConfig {
             stream_window: 4 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(3600),
+            idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
