@@ -62,8 +62,6 @@ fn mesh_basic_passes_in_the_lab_and_a_wrong_expectation_fails() {
     );
     assert!(case.passed, "{case:?}\n{}", lines.join("\n"));
     assert!(case.attempts >= 3, "3 passes in a row: {case:?}");
-    assert_eq!((report.passed, report.failed), (1, 0));
-    assert!(report.table().ends_with("1 passed, 0 failed\n"));
     // The base manifests were deleted afterwards: no pod is left.
     assert!(lab.state().pods.is_empty(), "{:?}", lab.state().pods);
 

@@ -69,23 +69,26 @@ impl Lab {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         let mut last;
         loop {
-            let manifests =
-                self.in_underlay(|| super::http_get(super::ADMIN_ADDR, "/status/manifests"))?;
-            let scanned =
-                matches!(&manifests, Ok((200, body)) if body.contains(&format!("{marker}\"")));
-            if scanned {
-                match self.in_underlay(|| super::http_get(super::ADMIN_ADDR, "/status/nodes"))? {
-                    Ok((200, body)) => match nodes_lagging(&body) {
-                        Ok(None) => return Ok(()),
-                        Ok(Some(lag)) => last = lag,
-                        Err(e) => last = e,
-                    },
-                    Ok((code, body)) => last = format!("/status/nodes answered {code}: {body}"),
-                    Err(e) => last = e.to_string(),
-                }
+            let scanned = matches!(self.admin_get("/status/manifests"),
+                Ok((200, body)) if body.contains(&format!("{marker}\"")));
+            last = if !scanned {
+                "the control plane has not read the new manifests yet".into()
             } else {
-                last = "the control plane has not read the new manifests yet".into();
-            }
+                match self.admin_get("/status/nodes") {
+                    Ok((200, body)) => match serde_json::from_str::<Value>(&body) {
+                        Ok(status) => {
+                            let lagging = lagging_nodes(&status);
+                            if lagging.is_empty() {
+                                return Ok(());
+                            }
+                            lagging.join("; ")
+                        }
+                        Err(e) => format!("/status/nodes: {e}"),
+                    },
+                    Ok((code, body)) => format!("/status/nodes answered {code}: {body}"),
+                    Err(e) => e.to_string(),
+                }
+            };
             if std::time::Instant::now() > deadline {
                 return Err(LabError::Command {
                     command: "waiting for the mesh to apply the change".into(),
@@ -429,24 +432,29 @@ impl Lab {
     }
 }
 
-/// `None` when every connected node has acknowledged the control plane's
-/// version in a `/status/nodes` answer, else which node lags.
-fn nodes_lagging(body: &str) -> Result<Option<String>, String> {
-    let v: Value = serde_json::from_str(body).map_err(|e| format!("/status/nodes: {e}"))?;
-    let version = v["version"].as_u64().unwrap_or(0);
-    Ok(v["nodes"]
+/// Connected nodes of a `/status/nodes` answer that have not acknowledged
+/// its version, each named with its last NACK if any.
+pub fn lagging_nodes(status: &Value) -> Vec<String> {
+    let version = status["version"].as_u64().unwrap_or(0);
+    status["nodes"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|n| n["connected"].as_bool().unwrap_or(false))
-        .find(|n| n["ackedVersion"].as_u64().unwrap_or(0) < version)
-        .map(|n| {
-            format!(
-                "node {} acknowledged version {} of {version}",
-                n["node"].as_str().unwrap_or("?"),
-                n["ackedVersion"]
-            )
-        }))
+        .filter(|n| n["connected"] == Value::Bool(true))
+        .filter_map(|n| {
+            let acked = n["ackedVersion"].as_u64().unwrap_or(0);
+            (acked < version).then(|| {
+                let mut s = format!(
+                    "node {} acknowledged config version {acked} of {version}",
+                    n["node"].as_str().unwrap_or("?")
+                );
+                if let Some(nack) = n["lastNack"]["error"].as_str() {
+                    s.push_str(&format!(" (last NACK: {nack})"));
+                }
+                s
+            })
+        })
+        .collect()
 }
 
 /// The Pod object as the API server would hold it once kubelet reports it.
@@ -508,4 +516,22 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LabError> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lagging_nodes;
+
+    #[test]
+    fn nodes_behind_the_index_are_named() {
+        let status = serde_json::json!({"version": 7, "nodes": [
+            {"node": "node-1", "connected": true, "ackedVersion": 7},
+            {"node": "node-2", "connected": true, "ackedVersion": 5, "lastNack": {"version": 6, "error": "bad route"}},
+            {"node": "node-3", "connected": false, "ackedVersion": 1},
+        ]});
+        assert_eq!(
+            lagging_nodes(&status),
+            ["node node-2 acknowledged config version 5 of 7 (last NACK: bad route)"]
+        );
+    }
 }

@@ -21,9 +21,8 @@
 //! ([`check_response`], [`check_distribution`]); each mismatch names what
 //! was expected and what came back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ADMIN_ADDR, Lab, LabError, Pod};
+use super::{Lab, LabError, Pod};
 use crate::echo::client::{Outcome, Report};
 
 /// Where the cases are relative to the repository (and so to the current
@@ -799,31 +798,12 @@ fn is_route(kind: &str) -> bool {
     kind == "HTTPRoute" || kind == "GRPCRoute"
 }
 
-/// `GET path` on the control plane's admin API, inside the underlay.
+/// `GET path` on the control plane's admin API, as JSON.
 fn admin_get(lab: &Lab, path: &str) -> Result<Value, String> {
-    let addr: SocketAddr = ADMIN_ADDR
-        .parse()
-        .map_err(|e| format!("admin address {ADMIN_ADDR}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n");
-    let answer = lab
-        .in_underlay(move || {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(request.as_bytes())?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok::<_, std::io::Error>(out)
-        })
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("control plane admin API {ADMIN_ADDR}: {e}"))?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "admin API {path}: {}",
-            head.lines().next().unwrap_or("no answer")
-        ));
+    match lab.admin_get(path).map_err(|e| e.to_string())? {
+        (200, body) => serde_json::from_str(&body).map_err(|e| format!("admin API {path}: {e}")),
+        (code, body) => Err(format!("admin API {path}: {code} {}", body.trim())),
     }
-    serde_json::from_str(body).map_err(|e| format!("admin API {path}: {e}"))
 }
 
 /// The routes `/status/routes` lists, as `(kind, namespace, name)`, each
@@ -1008,33 +988,24 @@ impl Runner<'_> {
             return Err(format!("the lab refused: {}", refused.join("; ")));
         }
         let deadline = Instant::now() + self.options.setup_timeout;
+        // `apply` returned once every node proxy runs the routes; what is
+        // left is the pods' apps listening.
         self.wait_pods_ready(base_objects.iter().chain(&objects), deadline)?;
-        let routes: BTreeSet<_> = objects
-            .iter()
-            .filter(|o| is_route(&o.kind))
-            .map(|o| (o.kind.clone(), o.namespace.clone(), o.name.clone()))
-            .collect();
-        self.wait_routes(&routes, true, deadline)?;
         Ok(objects)
     }
 
-    /// Deletes the test's manifests and waits until its routes are gone
-    /// from the control plane.
+    /// Deletes the test's manifests (`delete` returns once the nodes run
+    /// without them).
     fn tear_down(&mut self, case_file: &Path, objects: &[Object]) -> Result<(), String> {
         if objects.is_empty() {
             return Ok(());
         }
         let report = self.lab.delete(case_file).map_err(|e| e.to_string())?;
-        let routes: BTreeSet<_> = objects
-            .iter()
-            .filter(|o| is_route(&o.kind))
-            .map(|o| (o.kind.clone(), o.namespace.clone(), o.name.clone()))
-            .collect();
-        let waited = self.wait_routes(&routes, false, Instant::now() + self.options.setup_timeout);
-        if !report.errors.is_empty() {
-            return Err(report.errors.join("; "));
+        if report.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(report.errors.join("; "))
         }
-        waited
     }
 
     /// Waits until every pod of the Deployments and Pods in `objects` has an
@@ -1109,46 +1080,8 @@ impl Runner<'_> {
         }
     }
 
-    /// Waits until every route of `routes` is listed by the control plane
-    /// (`present`) or none is.
-    fn wait_routes(
-        &self,
-        routes: &BTreeSet<RouteKey>,
-        present: bool,
-        deadline: Instant,
-    ) -> Result<(), String> {
-        if routes.is_empty() {
-            return Ok(());
-        }
-        loop {
-            let reported = reported_routes(self.lab)?;
-            let pending: Vec<String> = routes
-                .iter()
-                .filter(|r| reported.contains_key(*r) != present)
-                .map(|(k, ns, n)| format!("{k} {ns}/{n}"))
-                .collect();
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let what = if present {
-                    "does not report"
-                } else {
-                    "still reports"
-                };
-                return Err(format!(
-                    "the control plane {what} {} after {}s",
-                    pending.join(", "),
-                    self.options.setup_timeout.as_secs()
-                ));
-            }
-            std::thread::sleep(self.options.poll_interval);
-        }
-    }
-
     /// What could explain failures: the test's routes whose conditions are
-    /// not True, and node proxies that have not acknowledged the index's
-    /// version (waited for within the setup timeout).
+    /// not True.
     fn convergence_notes(&self, objects: &[Object]) -> Vec<String> {
         let mut notes = Vec::new();
         match reported_routes(self.lab) {
@@ -1162,24 +1095,8 @@ impl Runner<'_> {
             }
             Err(e) => notes.push(e),
         }
-        let deadline = Instant::now() + self.options.setup_timeout;
-        loop {
-            let lagging = match admin_get(self.lab, "/status/nodes") {
-                Ok(status) => lagging_nodes(&status),
-                Err(e) => {
-                    notes.push(e);
-                    break;
-                }
-            };
-            if lagging.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                notes.extend(lagging);
-                break;
-            }
-            std::thread::sleep(self.options.poll_interval);
-        }
+        // A node that did not acknowledge the change made `apply` fail
+        // before any case ran.
         notes
     }
 
@@ -1405,30 +1322,6 @@ fn is_replica_of(pod: &str, deployment: &str) -> bool {
     pod.strip_prefix(deployment)
         .and_then(|rest| rest.strip_prefix('-'))
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// Connected nodes of `/status/nodes` that have not acknowledged its version.
-fn lagging_nodes(status: &Value) -> Vec<String> {
-    let version = status["version"].as_u64().unwrap_or(0);
-    status["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["connected"] == Value::Bool(true))
-        .filter_map(|n| {
-            let acked = n["ackedVersion"].as_u64().unwrap_or(0);
-            (acked < version).then(|| {
-                let mut s = format!(
-                    "node {} acknowledged config version {acked} of {version}",
-                    n["node"].as_str().unwrap_or("?")
-                );
-                if let Some(nack) = n["lastNack"]["error"].as_str() {
-                    let _ = write!(s, " (last NACK: {nack})");
-                }
-                s
-            })
-        })
-        .collect()
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
@@ -1912,19 +1805,6 @@ mod tests {
         assert!(is_replica_of("echo-v1-12", "echo-v1"));
         assert!(!is_replica_of("echo-v1-0", "echo"));
         assert!(!is_replica_of("echo-v1", "echo-v1"));
-    }
-
-    #[test]
-    fn nodes_behind_the_index_are_named() {
-        let status = serde_json::json!({"version": 7, "nodes": [
-            {"node": "node-1", "connected": true, "ackedVersion": 7},
-            {"node": "node-2", "connected": true, "ackedVersion": 5, "lastNack": {"version": 6, "error": "bad route"}},
-            {"node": "node-3", "connected": false, "ackedVersion": 1},
-        ]});
-        assert_eq!(
-            lagging_nodes(&status),
-            ["node node-2 acknowledged config version 5 of 7 (last NACK: bad route)"]
-        );
     }
 
     #[test]

@@ -234,27 +234,36 @@ pub const ADMIN_ADDR: &str = "127.0.0.1:15014";
 /// Each node proxy's admin API, inside its node's namespace only.
 pub const NODE_PROXY_ADMIN_ADDR: &str = "127.0.0.1:15000";
 
-/// A minimal HTTP/1.0 GET (the admin APIs are plain HTTP on loopback):
-/// status code and body.
+/// A minimal HTTP/1.0 GET (the admin APIs are plain HTTP on loopback; the
+/// body ends at close): status code and body. Connecting, writing and
+/// reading are each bounded.
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), LabError> {
     use std::io::{Read as _, Write as _};
+    let what = || format!("GET http://{addr}{path}");
     let failed = |e: std::io::Error| LabError::Command {
-        command: format!("GET http://{addr}{path}"),
+        command: what(),
         output: e.to_string(),
     };
-    let mut tcp = std::net::TcpStream::connect(addr).map_err(failed)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(failed)?;
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| LabError::Invalid {
+        what: what(),
+        reason: format!("{addr}: {e}"),
+    })?;
+    let timeout = Duration::from_secs(10);
+    let mut tcp =
+        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(failed)?;
+    tcp.set_read_timeout(Some(timeout)).map_err(failed)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(failed)?;
     write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(failed)?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).map_err(failed)?;
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).map_err(failed)?;
+    let response = String::from_utf8_lossy(&response);
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| LabError::Invalid {
-            what: format!("GET http://{addr}{path}"),
+            what: what(),
             reason: format!("not an HTTP response: {head:?}"),
         })?;
     Ok((code, body.to_owned()))
@@ -551,6 +560,13 @@ impl Lab {
     /// and certificates).
     pub fn stop_control_plane(&mut self) {
         self.stop_processes(|p| p.role == "control-plane");
+    }
+
+    /// `GET path` on the control plane's admin API (inside the underlay):
+    /// status code and body.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String), LabError> {
+        let path = path.to_owned();
+        self.in_underlay(move || http_get(ADMIN_ADDR, &path))?
     }
 
     /// `GET path` on `node`'s proxy admin API: status code and body.

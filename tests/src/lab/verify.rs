@@ -15,8 +15,8 @@
 //!   server's), which names both SPIFFE IDs and lets the capture's cipher be
 //!   cross-checked against what the proxies negotiated.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -31,8 +31,6 @@ use crate::echo::client::Report as EchoReport;
 
 /// The HBONE port: mTLS between node proxies.
 pub const HBONE_PORT: u16 = 15008;
-/// Where each node proxy's admin API listens, inside its node's netns.
-pub const NODE_ADMIN_ADDR: &str = "127.0.0.1:15000";
 /// The header carrying the second token.
 pub const TOKEN_HEADER: &str = "x-hawser-verify";
 /// The bridge every node-to-node packet crosses, in the underlay netns.
@@ -200,34 +198,15 @@ impl NodeConnections {
 
 /// Reads `GET /connections` from the node proxy admin API inside `netns`.
 pub fn fetch_connections(netns: &str) -> Result<ConnectionsDump, String> {
-    let body = sys::in_netns(netns, || http_get(NODE_ADMIN_ADDR, "/connections"))
-        .map_err(|e| e.to_string())??;
-    serde_json::from_slice(&body).map_err(|e| format!("GET /connections: {e}"))
-}
-
-/// A minimal HTTP/1.0 GET (no chunking, the body ends at close).
-fn http_get(addr: &str, path: &str) -> Result<Vec<u8>, String> {
-    let timeout = Duration::from_secs(3);
-    let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut tcp = TcpStream::connect_timeout(&sock, timeout)
-        .map_err(|e| format!("admin API {addr}: {e} (is the node proxy running?)"))?;
-    tcp.set_read_timeout(Some(timeout))
-        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
-        .and_then(|()| write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"))
-        .map_err(|e| format!("admin API {addr}: {e}"))?;
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response)
-        .map_err(|e| format!("admin API {addr}: {e}"))?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("admin API {addr}: not an HTTP response"))?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("admin API {addr} GET {path}: {status}"));
+    let (code, body) = sys::in_netns(netns, || {
+        super::http_get(super::NODE_PROXY_ADMIN_ADDR, "/connections")
+    })
+    .and_then(|r| r)
+    .map_err(|e| format!("{e} (is the node proxy running?)"))?;
+    if code != 200 {
+        return Err(format!("GET /connections: {code} {body}"));
     }
-    Ok(response[split + 4..].to_vec())
+    serde_json::from_str(&body).map_err(|e| format!("GET /connections: {e}"))
 }
 
 // ---------------------------------------------------------------------------
