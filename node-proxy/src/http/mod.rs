@@ -40,9 +40,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use body::{BoxError, HttpBody};
+pub(crate) use body::{boxed, empty, full};
+pub(crate) use matching::is_grpc;
 pub use metrics::{HttpMetrics, MetricsSnapshot};
 pub use pool::UpstreamError;
 pub use proxy::HttpOutbound;
+pub(crate) use proxy::is_upgrade;
 pub(crate) use proxy::strip_hop_by_hop;
 pub use respond::HttpError;
 pub use retry::BudgetSettings;

@@ -188,7 +188,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// An HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
-fn is_upgrade<B>(req: &Request<B>) -> bool {
+/// An HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && req

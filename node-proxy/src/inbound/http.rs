@@ -22,13 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use hawser_api::SpiffeId;
 use hawser_api::cni::PROXY_MARK;
-use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
+use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full};
+
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -38,7 +37,7 @@ use tracing::Instrument;
 use super::{InboundStats, policies};
 use crate::authz::{self, Connection, Decision, HttpRequest};
 use crate::discovery::NodeConfig;
-use crate::http::{BoxError, HttpBody};
+use crate::http::{BoxError, HttpBody, boxed, empty, full, is_grpc, is_upgrade};
 use crate::inpod::NetnsHandle;
 use crate::tunnel::{Io, ServeStream};
 
@@ -186,11 +185,7 @@ impl LocalReply {
             self.mark(&mut resp);
             return resp;
         }
-        let mut resp = Response::new(
-            Full::new(Bytes::from(format!("{message}\n")))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+        let mut resp = Response::new(full(format!("{message}\n")));
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(
             CONTENT_TYPE,
@@ -216,16 +211,6 @@ impl LocalReply {
     }
 }
 
-fn empty() -> HttpBody {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-fn boxed(body: Incoming) -> HttpBody {
-    body.map_err(BoxError::from).boxed()
-}
-
 /// The state of one served stream.
 struct Server {
     stream: HttpStream,
@@ -238,11 +223,7 @@ struct Server {
 impl Server {
     /// Authorizes, then forwards; every failure becomes a response.
     async fn handle(&self, req: Request<Incoming>) -> Response<HttpBody> {
-        let grpc = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        let grpc = is_grpc(req.headers());
         let span =
             tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
         let result = async {
@@ -442,22 +423,6 @@ fn with_path(req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, Lo
     parts.uri = Uri::from_parts(uri)
         .map_err(|e| LocalReply::BadRequest(format!("normalized path {path:?}: {e}")))?;
     Ok(Request::from_parts(parts, body))
-}
-
-/// An HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
 }
 
 /// Removes the connection-specific headers (see
