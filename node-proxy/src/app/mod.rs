@@ -61,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             token.display()
         );
     }
-    tracing::info!(node = %args.node_name, control_plane = %args.control_plane, "starting");
+    tracing::info!(node = %args.node_name, control_plane = %args.control_plane, worker_threads = args.worker_threads(), "starting");
 
     let control_plane = tokio::select! {
         cp = bootstrap(ControlPlaneConfig {
