@@ -6,7 +6,9 @@
 //! end (or dropped) and the connection is ready again. Connections are
 //! keyed by the [`UpstreamConnector`] that opened them, so a connection
 //! opened on behalf of one client pod never carries another pod's
-//! requests. Upgrades (WebSocket) use a dedicated connection.
+//! requests. Upgrades (WebSocket) use a dedicated connection. Idle
+//! connections past the idle timeout are closed by a sweep, also when no
+//! request comes for their endpoint any more.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -106,14 +108,57 @@ enum Sender {
 
 impl Pool {
     /// A pool keeping at most `max_idle` idle HTTP/1.1 connections per
-    /// endpoint, each for at most `idle_timeout`.
+    /// endpoint, each for at most `idle_timeout`. Within a runtime, a task
+    /// sweeps out expired idle connections; it ends with the pool.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
+        let pool = Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
             max_idle,
             idle_timeout,
             connects: AtomicU64::new(0),
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&pool);
+            let period = (idle_timeout / 2).max(Duration::from_millis(50));
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = weak.upgrade() else { return };
+                    pool.sweep();
+                }
+            });
+        }
+        pool
+    }
+
+    /// Idle HTTP/1.1 connections held now.
+    pub fn idle(&self) -> usize {
+        self.entries.lock().values().map(|e| e.idle.len()).sum()
+    }
+
+    /// Drops idle connections that expired or closed (their connection
+    /// tasks end), closed HTTP/2 connections, and keys left with nothing.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let timeout = self.idle_timeout;
+        let mut expired = Vec::new();
+        let mut entries = self.entries.lock();
+        entries.retain(|_, entry| {
+            let (keep, gone): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut entry.idle)
+                .into_iter()
+                .partition(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+            entry.idle = keep;
+            expired.extend(gone);
+            if entry.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
+                entry.h2 = None;
+            }
+            entry.h2.is_some() || !entry.idle.is_empty()
+        });
+        drop(entries);
+        // Senders are dropped outside the lock.
+        drop(expired);
     }
 
     /// Upstream connections opened so far.

@@ -80,7 +80,28 @@ impl Outgoing {
         endpoint: SocketAddr,
         body: HttpBody,
     ) -> Result<Request<HttpBody>, HttpError> {
-        let mut headers = self.headers.clone();
+        self.build_with(self.headers.clone(), protocol, endpoint, body)
+    }
+
+    /// The request of the only attempt there will be: the headers are
+    /// moved into it, not copied.
+    fn build_last(
+        &mut self,
+        protocol: UpstreamProtocol,
+        endpoint: SocketAddr,
+        body: HttpBody,
+    ) -> Result<Request<HttpBody>, HttpError> {
+        let headers = std::mem::take(&mut self.headers);
+        self.build_with(headers, protocol, endpoint, body)
+    }
+
+    fn build_with(
+        &self,
+        mut headers: HeaderMap,
+        protocol: UpstreamProtocol,
+        endpoint: SocketAddr,
+        body: HttpBody,
+    ) -> Result<Request<HttpBody>, HttpError> {
         let (uri, version) = match protocol {
             UpstreamProtocol::Http1 => {
                 if let Some(host) = &self.host
@@ -275,6 +296,11 @@ impl HttpOutbound {
         self.inner.pool.connects()
     }
 
+    /// Idle upstream HTTP/1.1 connections pooled now.
+    pub fn upstream_idle(&self) -> usize {
+        self.inner.pool.idle()
+    }
+
     /// Closes the pooled upstream connections of a client that is gone (the
     /// pod's [`super::UpstreamConnector`]).
     pub fn forget_client(&self, connector: &Arc<dyn super::UpstreamConnector>) {
@@ -343,7 +369,11 @@ impl HttpOutbound {
             destination = %client.destination,
             client_ns = %client.namespace,
         );
-        let result = self.route(req, client, grpc).instrument(span.clone()).await;
+        let result = if span.is_disabled() {
+            self.route(req, client, grpc).await
+        } else {
+            self.route(req, client, grpc).instrument(span.clone()).await
+        };
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
@@ -423,7 +453,7 @@ impl HttpOutbound {
                 rule: None,
                 response_filters: Vec::new(),
             };
-            return self.forward(&out, body, plan, client, upgrade).await;
+            return self.forward(out, body, plan, client, upgrade).await;
         };
         let Some(table) = routes
             .table(&target.service, target.port, &client.namespace)
@@ -436,7 +466,7 @@ impl HttpOutbound {
                 rule: None,
                 response_filters: Vec::new(),
             };
-            return self.forward(&out, body, plan, client, upgrade).await;
+            return self.forward(out, body, plan, client, upgrade).await;
         };
 
         let info = RequestInfo {
@@ -514,7 +544,7 @@ impl HttpOutbound {
             rule: Some(rule),
             response_filters,
         };
-        self.forward(&out, body, plan, client, upgrade).await
+        self.forward(out, body, plan, client, upgrade).await
     }
 
     /// Sends a copy of `out` to the mirror's Service, fire and forget;
@@ -582,7 +612,7 @@ impl HttpOutbound {
 
     async fn forward(
         &self,
-        out: &Outgoing,
+        out: Outgoing,
         body: HttpBody,
         plan: Plan<'_>,
         client: &ClientContext,
@@ -590,7 +620,7 @@ impl HttpOutbound {
     ) -> Result<Response<HttpBody>, HttpError> {
         if let Some(upgrade) = upgrade {
             return self
-                .forward_upgrade(out, body, &plan, client, upgrade)
+                .forward_upgrade(&out, body, &plan, client, upgrade)
                 .await;
         }
         let timeout = plan.rule.and_then(|r| r.request_timeout);
@@ -625,7 +655,7 @@ impl HttpOutbound {
     /// deadline (as if the retry had been waited for), not the last failure.
     async fn attempts(
         &self,
-        out: &Outgoing,
+        mut out: Outgoing,
         body: HttpBody,
         plan: &Plan<'_>,
         client: &ClientContext,
@@ -668,7 +698,13 @@ impl HttpOutbound {
                 .balancer
                 .pick_excluding(plan.endpoints, last_failed)
                 .ok_or_else(|| Self::no_endpoints(plan))?;
-            let req = out.build(plan.protocol, endpoint.addr, body)?;
+            // Without a retry policy (or a replayable body) this attempt is
+            // the only one.
+            let req = if replay.is_none() {
+                out.build_last(plan.protocol, endpoint.addr, body)?
+            } else {
+                out.build(plan.protocol, endpoint.addr, body)?
+            };
             let sent = self
                 .inner
                 .pool

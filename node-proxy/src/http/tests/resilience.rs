@@ -258,9 +258,10 @@ async fn upstream_connections_are_pooled() {
     for _ in 0..50 {
         assert_eq!(client.get("/").await.status, 200);
     }
-    // HTTP/1.1 upstream: reused between sequential requests.
+    // HTTP/1.1 upstream: reused between sequential requests (a second one
+    // only if a connection was not yet ready again when the next came).
     assert!(
-        h.outbound.upstream_connects() <= 3,
+        h.outbound.upstream_connects() <= 2,
         "{}",
         h.outbound.upstream_connects()
     );
@@ -280,4 +281,57 @@ async fn upstream_connections_are_pooled() {
     }
     assert_eq!(h.outbound.upstream_connects() - before, 1);
     assert_eq!(backend.last().version, http::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_while_idle_is_not_used() {
+    let backend = Backend::closing_after("echo", Duration::from_millis(20)).await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
+    let h = Harness::new(&mesh);
+    let mut client = h.h1(NS, VIP).await;
+    for i in 1..=3u64 {
+        let answer = client.get("/").await;
+        assert_eq!((answer.status, answer.body.as_str()), (200, "echo"));
+        assert_eq!(h.outbound.upstream_connects(), i);
+        // The backend closes the kept-alive connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closes_after_its_response_is_not_pooled() {
+    let backend = Backend::start("echo", |_| Reply::ok().header("connection", "close")).await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
+    let h = Harness::new(&mesh);
+    let mut client = h.h1(NS, VIP).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(h.outbound.upstream_connects(), 3);
+    assert_eq!(h.outbound.upstream_idle(), 0);
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let backend = Backend::ok("echo").await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
+    let settings = HttpSettings {
+        idle_timeout: Duration::from_millis(200),
+        ..HttpSettings::default()
+    };
+    let h = Harness::with_settings(&mesh, settings);
+    let mut client = h.h1(NS, VIP).await;
+    assert_eq!(client.get("/").await.status, 200);
+    assert_eq!(h.outbound.upstream_idle(), 1);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while h.outbound.upstream_idle() > 0 {
+        assert!(Instant::now() < deadline, "the idle connection was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next request opens a new connection and succeeds.
+    assert_eq!(client.get("/").await.status, 200);
+    assert_eq!(h.outbound.upstream_connects(), 2);
 }

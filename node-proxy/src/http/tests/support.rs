@@ -126,6 +126,44 @@ impl Backend {
         Self::start(name, |_| Reply::ok()).await
     }
 
+    /// A raw HTTP/1.1 backend that answers the first request of each
+    /// connection with 200 and keep-alive, then closes the connection
+    /// `linger` later without a word (as a server's idle timeout does).
+    pub async fn closing_after(name: &'static str, linger: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let backend = Self {
+            name,
+            addr: listener.local_addr().expect("local addr"),
+            hits: Arc::default(),
+            seen: Arc::default(),
+        };
+        let hits = backend.hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let hits = hits.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let body = name;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(reply.as_bytes()).await;
+                    tokio::time::sleep(linger).await;
+                });
+            }
+        });
+        backend
+    }
+
     /// A backend answering with `f`.
     pub async fn start(
         name: &'static str,
