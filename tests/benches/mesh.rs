@@ -9,9 +9,11 @@
 //!   node-1 proxy parses and routes every request, then HBONE as above.
 //!
 //! For each path (where it means something) it measures HTTP req/s with 1
-//! and 16 connections (wrk, with its p50/p99), latency at a fixed 1000 req/s
-//! (an open-loop generator in this file that measures from each request's
-//! scheduled send time, so a stall is not hidden by coordinated omission),
+//! and 16 connections (wrk, with its p50/p99), latency at fixed rates (1000
+//! req/s on 8 connections, and 15 000 req/s on 16, where L4 and L7 are
+//! compared at the same offered load; an open-loop generator in this file
+//! that measures from each request's scheduled send time, so a stall is not
+//! hidden by coordinated omission),
 //! one-stream throughput (iperf3), new connections per second, and the CPU
 //! seconds and RSS of both node proxies over each run. It prints markdown
 //! tables with ratios against direct and the L7/L4 CPU cost per request.
@@ -23,6 +25,11 @@
 //! cargo build --release -p hawser-node-proxy -p hawser-control-plane -p hawser-cni -p hawser-tests --bins
 //! cargo bench -p hawser-tests --bench mesh
 //! ```
+//!
+//! `HAWSER_BENCH_ONLY=wrk,fixed,iperf,connect` runs only the named sections
+//! (all by default). `HAWSER_BENCH_HOLD=<seconds>` keeps the lab up that
+//! long after the warm-up, printing the proxies' pids, the client netns and
+//! the addresses, so a profiler can be attached by hand.
 //!
 //! `HAWSER_BENCH_QUICKACK=1` turns delayed ACKs off in every pod (a
 //! diagnostic: latency tails near 40 ms that vanish with it come from Nagle
@@ -47,8 +54,10 @@ const BUDGET: Duration = Duration::from_secs(300);
 /// How long a closed-loop wrk run lasts.
 const WRK_DURATION: Duration = Duration::from_secs(10);
 /// The open-loop run: rate, connections, duration.
-const FIXED_RATE: u32 = 1000;
-const FIXED_RATE_CONNECTIONS: u32 = 8;
+/// The open-loop runs, (req/s, connections): a light load, and a heavy one
+/// that every mesh path still keeps up with, so L4 and L7 are compared at
+/// the same offered load (closed-loop wrk compares them at different ones).
+const FIXED_RUNS: [(u32, u32); 2] = [(1000, 8), (15_000, 16)];
 const FIXED_RATE_DURATION: Duration = Duration::from_secs(10);
 /// How long one iperf3 stream runs.
 const IPERF_SECONDS: u32 = 10;
@@ -1011,7 +1020,7 @@ fn new_connections(
 #[derive(Default)]
 struct Results {
     wrk: Vec<(Route, u32, WrkResult, Usage)>,
-    fixed: Vec<(Route, FixedRateResult, Usage)>,
+    fixed: Vec<(Route, u32, u32, FixedRateResult, Usage)>,
     iperf: Vec<(Route, IperfResult, Usage)>,
     connect: Vec<(Route, Exchange, ConnectResult, Usage)>,
     /// `(run, usage)` in run order, for the memory table.
@@ -1019,7 +1028,7 @@ struct Results {
 }
 
 fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
-    let setup = setup(lab, dir, started)?;
+    let mut setup = setup(lab, dir, started)?;
     setup.check_budget("waiting for every route to answer")?;
     wait_ready(&setup)?;
     let mut results = Results::default();
@@ -1038,7 +1047,26 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
         )?;
     }
 
-    for route in Route::ALL {
+    if let Some(hold) = env_secs(HOLD_ENV)? {
+        for route in Route::ALL {
+            eprintln!(
+                "bench: {}: client netns {}, http {}",
+                route.label(),
+                setup.netns(route),
+                setup.addr(route, route.http_port())
+            );
+        }
+        eprintln!(
+            "bench: node proxies: node-1 pid {}, node-2 pid {}; holding the lab for {hold:?}",
+            setup.proxies[0], setup.proxies[1]
+        );
+        std::thread::sleep(hold);
+        // The hold does not count against the run's time budget.
+        setup.started += hold;
+    }
+    let only = Sections::from_env()?;
+
+    for route in Route::ALL.into_iter().filter(|_| only.wrk) {
         let addr = setup.addr(route, route.http_port());
         for (threads, conns) in [(1, 1), (2, 16)] {
             let what = format!("wrk {} -c{conns}", route.label());
@@ -1055,30 +1083,30 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
         }
     }
 
-    for route in Route::ALL {
-        let what = format!("{FIXED_RATE} req/s {}", route.label());
-        setup.check_budget(&what)?;
-        let addr = setup.addr(route, route.http_port());
-        let (r, usage) = setup.measure(route, || {
-            fixed_rate(
-                setup.netns(route),
-                addr,
-                FIXED_RATE,
-                FIXED_RATE_CONNECTIONS,
-                FIXED_RATE_DURATION,
-            )
-        })?;
-        eprintln!(
-            "bench:   mean {:.3} ms, p99 {:.3} ms, {} errors",
-            r.mean_ms(),
-            r.percentile_ms(0.99),
-            r.errors
-        );
-        results.fixed.push((route, r, usage));
-        results.memory.push((what, usage));
+    for (rate, conns) in FIXED_RUNS.into_iter().filter(|_| only.fixed) {
+        for route in Route::ALL {
+            let what = format!("{rate} req/s -c{conns} {}", route.label());
+            setup.check_budget(&what)?;
+            let addr = setup.addr(route, route.http_port());
+            let (r, usage) = setup.measure(route, || {
+                fixed_rate(setup.netns(route), addr, rate, conns, FIXED_RATE_DURATION)
+            })?;
+            eprintln!(
+                "bench:   {:.0} req/s answered, mean {:.3} ms, p99 {:.3} ms, {} errors",
+                r.achieved_rps(),
+                r.mean_ms(),
+                r.percentile_ms(0.99),
+                r.errors
+            );
+            results.fixed.push((route, rate, conns, r, usage));
+            results.memory.push((what, usage));
+        }
     }
 
-    for route in [Route::Direct, Route::L4] {
+    for route in [Route::Direct, Route::L4]
+        .into_iter()
+        .filter(|_| only.iperf)
+    {
         let what = format!("iperf3 {}", route.label());
         setup.check_budget(&what)?;
         let (r, usage) = setup.measure(route, || {
@@ -1095,7 +1123,10 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
         (Route::Direct, Exchange::Http, HTTP_PORT),
         (Route::L4, Exchange::Http, HTTP_L4_PORT),
         (Route::L7, Exchange::Http, HTTP_PORT),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| only.connect)
+    {
         let what = format!("new connections {} {exchange:?}", route.label());
         setup.check_budget(&what)?;
         let (r, usage) = setup.measure(route, || {
@@ -1120,6 +1151,61 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
 
     sanity_check(&results);
     Ok(render(&results))
+}
+
+const ONLY_ENV: &str = "HAWSER_BENCH_ONLY";
+const HOLD_ENV: &str = "HAWSER_BENCH_HOLD";
+
+/// Which sections run (`HAWSER_BENCH_ONLY`; all when unset).
+struct Sections {
+    wrk: bool,
+    fixed: bool,
+    iperf: bool,
+    connect: bool,
+}
+
+impl Sections {
+    fn from_env() -> anyhow::Result<Self> {
+        let Ok(list) = std::env::var(ONLY_ENV) else {
+            return Ok(Self {
+                wrk: true,
+                fixed: true,
+                iperf: true,
+                connect: true,
+            });
+        };
+        let mut only = Self {
+            wrk: false,
+            fixed: false,
+            iperf: false,
+            connect: false,
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "wrk" => only.wrk = true,
+                "fixed" => only.fixed = true,
+                "iperf" => only.iperf = true,
+                "connect" => only.connect = true,
+                other => bail!(
+                    "{ONLY_ENV}: unknown section {other:?} (expected wrk, fixed, iperf or connect)"
+                ),
+            }
+        }
+        Ok(only)
+    }
+}
+
+/// A whole number of seconds from the environment variable `name`, if set.
+fn env_secs(name: &str) -> anyhow::Result<Option<Duration>> {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map(Duration::from_secs)
+                .with_context(|| format!("{name}={v:?}: expected whole seconds"))
+        })
+        .transpose()
 }
 
 /// Warns when the numbers say a route did not take the path it should.
@@ -1202,33 +1288,34 @@ fn render(r: &Results) -> String {
 
     let _ = writeln!(
         s,
-        "\n### Latency at a fixed {FIXED_RATE} req/s (open loop, {FIXED_RATE_CONNECTIONS} keep-alive connections, {}s, from scheduled send time)\n",
+        "\n### Latency at fixed rates (open loop, keep-alive connections, {}s, from scheduled send time)\n",
         FIXED_RATE_DURATION.as_secs()
     );
     let _ = writeln!(
         s,
-        "| path | answered req/s | mean ms | p50 ms | p99 ms | max ms | mean vs direct | p99 vs direct | errors | proxy CPU s (n1 / n2) | proxy CPU s per 1k req (n1 / n2 / sum) | mean send delay µs |"
+        "| path | offered req/s (conns) | answered req/s | mean ms | p50 ms | p99 ms | max ms | mean vs direct | p99 vs direct | errors | proxy CPU s (n1 / n2) | proxy CPU s per 1k req (n1 / n2 / sum) | mean send delay µs |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    let direct = r.fixed.iter().find(|(rt, _, _)| *rt == Route::Direct);
-    for (route, f, u) in &r.fixed {
+    for (route, rate, conns, f, u) in &r.fixed {
+        let direct = r
+            .fixed
+            .iter()
+            .find(|(rt, ra, c, _, _)| *rt == Route::Direct && ra == rate && c == conns)
+            .map(|(_, _, _, d, _)| d);
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {rate} ({conns}) | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {:.0} |",
             route.label(),
             f.achieved_rps(),
             f.mean_ms(),
             f.percentile_ms(0.5),
             f.percentile_ms(0.99),
             f.percentile_ms(1.0),
-            ratio(f.mean_ms(), direct.map(|(_, d, _)| d.mean_ms())),
-            ratio(
-                f.percentile_ms(0.99),
-                direct.map(|(_, d, _)| d.percentile_ms(0.99))
-            ),
+            ratio(f.mean_ms(), direct.map(FixedRateResult::mean_ms)),
+            ratio(f.percentile_ms(0.99), direct.map(|d| d.percentile_ms(0.99))),
             f.errors,
             cpu_pair(u),
             per_k(u, f.latencies_us.len() as u64),
@@ -1319,14 +1406,16 @@ fn render(r: &Results) -> String {
             pairs.push((format!("wrk -c{conns}"), l4, l7));
         }
     }
-    let fixed = |route| {
-        r.fixed
-            .iter()
-            .find(|(rt, _, _)| *rt == route)
-            .map(|(_, f, u)| u.per_thousand(f.latencies_us.len() as u64)[2])
-    };
-    if let (Some(l4), Some(l7)) = (fixed(Route::L4), fixed(Route::L7)) {
-        pairs.push((format!("{FIXED_RATE} req/s"), l4, l7));
+    for (rate, conns) in FIXED_RUNS {
+        let fixed = |route| {
+            r.fixed
+                .iter()
+                .find(|(rt, ra, c, _, _)| *rt == route && *ra == rate && *c == conns)
+                .map(|(_, _, _, f, u)| u.per_thousand(f.latencies_us.len() as u64)[2])
+        };
+        if let (Some(l4), Some(l7)) = (fixed(Route::L4), fixed(Route::L7)) {
+            pairs.push((format!("{rate} req/s, {conns} conns"), l4, l7));
+        }
     }
     let conn = |route| {
         r.connect

@@ -3,21 +3,26 @@
 use super::*;
 use crate::model::{AuthorizationTarget, PolicyPath};
 
-const CRD_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../crds/authorizationpolicies.policy.hawser.dev.yaml"
-);
+/// The CRD file of this checkout. The package directory is read at run time
+/// (cargo and nextest set it): a test binary built in another checkout
+/// sharing the target directory would otherwise read that checkout's file.
+fn crd_path() -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    format!("{dir}/../crds/authorizationpolicies.policy.hawser.dev.yaml")
+}
 
 #[test]
 fn crd_on_disk_matches_the_type() {
     let generated = crd_yaml().expect("CRD serializes");
+    let crd_path = crd_path();
     if std::env::var_os("HAWSER_UPDATE_CRDS").is_some() {
-        std::fs::write(CRD_PATH, &generated).expect("write CRD");
+        std::fs::write(&crd_path, &generated).expect("write CRD");
     }
-    let on_disk = std::fs::read_to_string(CRD_PATH).unwrap_or_default();
+    let on_disk = std::fs::read_to_string(&crd_path).unwrap_or_default();
     assert!(
         on_disk == generated,
-        "{CRD_PATH} is out of date: run `HAWSER_UPDATE_CRDS=1 cargo test -p hawser-control-plane crd`"
+        "{crd_path} is out of date: run `HAWSER_UPDATE_CRDS=1 cargo test -p hawser-control-plane crd`"
     );
     for fragment in [
         "name: authorizationpolicies.policy.hawser.dev",

@@ -10,13 +10,17 @@ use hawser_control_plane::status::{ConditionType, Reason};
 
 use crate::support::{Leg, Mesh, Request, View, condition, shares};
 
-const GAMMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/conformance/gamma"
-);
+/// The shared conformance data next to this checkout. The package directory
+/// is read at run time (cargo and nextest set it), not baked in at build
+/// time: a test binary reused from another checkout would read that one's.
+fn gamma() -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    format!("{dir}/../../shared/conformance/gamma")
+}
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(format!("{GAMMA}/{path}"))
+    std::fs::read_to_string(format!("{}/{path}", gamma()))
         .unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 

@@ -703,14 +703,18 @@ impl Options {
 }
 
 /// The suite directory when none is given: [`DEFAULT_DIR`] from the current
-/// directory, then the one next to this source tree.
+/// directory, then the one next to the package cargo runs this from (tests),
+/// then the one next to the source tree this was built from.
 pub fn default_dir() -> Result<PathBuf, ConformanceError> {
-    let candidates = [
-        PathBuf::from(DEFAULT_DIR),
+    let mut candidates = vec![PathBuf::from(DEFAULT_DIR)];
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        candidates.push(Path::new(&dir).join("..").join(DEFAULT_DIR));
+    }
+    candidates.push(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(DEFAULT_DIR),
-    ];
+    );
     candidates
         .iter()
         .find(|d| d.join("expectations.json").is_file())
