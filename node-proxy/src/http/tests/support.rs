@@ -126,10 +126,8 @@ impl Backend {
         Self::start(name, |_| Reply::ok()).await
     }
 
-    /// A raw HTTP/1.1 backend that answers the first request of each
-    /// connection with 200 and keep-alive, then closes the connection
-    /// `linger` later without a word (as a server's idle timeout does).
-    pub async fn closing_after(name: &'static str, linger: Duration) -> Self {
+    /// A listener on loopback and the backend it will serve.
+    async fn bind(name: &'static str) -> (TcpListener, Self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let backend = Self {
             name,
@@ -137,6 +135,14 @@ impl Backend {
             hits: Arc::default(),
             seen: Arc::default(),
         };
+        (listener, backend)
+    }
+
+    /// A raw HTTP/1.1 backend that answers the first request of each
+    /// connection with 200 and keep-alive, then closes the connection
+    /// `linger` later without a word (as a server's idle timeout does).
+    pub async fn closing_after(name: &'static str, linger: Duration) -> Self {
+        let (listener, backend) = Self::bind(name).await;
         let hits = backend.hits.clone();
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
@@ -169,13 +175,7 @@ impl Backend {
         name: &'static str,
         f: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let backend = Self {
-            name,
-            addr: listener.local_addr().expect("local addr"),
-            hits: Arc::default(),
-            seen: Arc::default(),
-        };
+        let (listener, backend) = Self::bind(name).await;
         let handler: Arc<Handler> = Arc::new(f);
         let b = backend.clone();
         tokio::spawn(async move {
