@@ -3,12 +3,6 @@
 use clap::Parser as _;
 use hawser_node_proxy::app::{self, args::Args};
 
-/// mimalloc instead of glibc malloc: per-request allocations (headers,
-/// buffers) are cheaper, and freed memory goes back without the periodic
-/// consolidation glibc does on the request path.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let runtime = match args.runtime() {
