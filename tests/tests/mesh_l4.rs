@@ -19,11 +19,14 @@ use hawser_tests::lab::{Lab, LabConfig, sys};
 /// Removes the lab even when an assertion fails.
 use hawser_tests::lab::LabGuard as Guard;
 
-fn up(tag: &str) -> (Guard, tempfile::TempDir) {
+/// A two-node lab in a fresh directory. Bind the result as `(dir, guard)`:
+/// locals drop in reverse order, so the lab (and its processes, which write
+/// into the directory) is gone before the directory is removed.
+fn up(tag: &str) -> (tempfile::TempDir, Guard) {
     let dir = tempfile::tempdir().expect("tempdir");
     let name = format!("hm{}{tag}", std::process::id() % 10000);
     let lab = Lab::up(LabConfig::new(&name, 2, dir.path().join("lab"))).expect("lab up");
-    (Guard(Some(lab)), dir)
+    (dir, Guard(Some(lab)))
 }
 
 /// An enrolled namespace: `echo` (HTTP 8080, TCP echo 9000) on node-2,
@@ -179,7 +182,7 @@ fn capture_during(lab: &Lab, file: &Path, traffic: impl FnOnce()) -> (String, St
 
 #[test]
 fn cross_node_traffic_is_mtls_to_15008_with_no_plaintext_on_the_wire() {
-    let (mut guard, dir) = up("a");
+    let (dir, mut guard) = up("a");
     let lab = guard.lab();
     apply(lab, dir.path(), "app.yaml", &app());
     let vip = vip(lab, "echo");
@@ -288,7 +291,7 @@ fn cross_node_traffic_is_mtls_to_15008_with_no_plaintext_on_the_wire() {
 
 #[test]
 fn authorization_resets_denied_connections_and_changes_apply_within_a_second() {
-    let (mut guard, dir) = up("b");
+    let (dir, mut guard) = up("b");
     let lab = guard.lab();
     apply(lab, dir.path(), "app.yaml", &app());
     let vip = vip(lab, "echo");
@@ -384,7 +387,7 @@ spec:
 
 #[test]
 fn the_mesh_keeps_working_without_the_control_plane_and_across_a_proxy_restart() {
-    let (mut guard, dir) = up("c");
+    let (dir, mut guard) = up("c");
     let lab = guard.lab();
     apply(lab, dir.path(), "app.yaml", &app());
     let tcp = SocketAddr::from((vip(lab, "echo"), 9000));

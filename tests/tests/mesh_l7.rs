@@ -30,11 +30,14 @@ use hawser_tests::lab::LabGuard as Guard;
 
 const NS: &str = "l7";
 
-fn up(tag: &str) -> (Guard, tempfile::TempDir) {
+/// A two-node lab in a fresh directory. Bind the result as `(dir, guard)`:
+/// locals drop in reverse order, so the lab (and its processes, which write
+/// into the directory) is gone before the directory is removed.
+fn up(tag: &str) -> (tempfile::TempDir, Guard) {
     let dir = tempfile::tempdir().expect("tempdir");
     let name = format!("l7{}{tag}", std::process::id() % 10000);
     let lab = Lab::up(LabConfig::new(&name, 2, dir.path().join("lab"))).expect("lab up");
-    (Guard(Some(lab)), dir)
+    (dir, Guard(Some(lab)))
 }
 
 /// An enrolled namespace: Service `echo` (HTTP, port 80) backed by one echo
@@ -394,7 +397,7 @@ const SLACK: Duration = Duration::from_millis(300);
 #[test]
 fn request_and_backend_request_timeouts_hold_with_a_service_parent() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let (mut guard, dir) = up("t");
+    let (dir, mut guard) = up("t");
     let lab = guard.lab();
     apply(lab, dir.path(), "app.yaml", &app());
     apply(lab, dir.path(), "routes.yaml", &timeout_routes());
@@ -436,7 +439,7 @@ fn request_and_backend_request_timeouts_hold_with_a_service_parent() {
 #[test]
 fn retries_follow_the_listed_codes_and_attempts_with_a_service_parent() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let (mut guard, dir) = up("r");
+    let (dir, mut guard) = up("r");
     let lab = guard.lab();
     apply(lab, dir.path(), "app.yaml", &app());
     apply(lab, dir.path(), "routes.yaml", &retry_route());
@@ -491,7 +494,7 @@ fn retries_follow_the_listed_codes_and_attempts_with_a_service_parent() {
 #[test]
 fn retries_stay_within_the_request_and_backend_request_timeouts() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let (mut guard, dir) = up("w");
+    let (dir, mut guard) = up("w");
     let lab = guard.lab();
     apply(lab, dir.path(), "app.yaml", &app());
     apply(lab, dir.path(), "routes.yaml", &retry_with_timeouts_route());
@@ -567,7 +570,7 @@ fn retries_stay_within_the_request_and_backend_request_timeouts() {
 #[test]
 fn connection_errors_are_retried_with_a_service_parent() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let (mut guard, dir) = up("c");
+    let (dir, mut guard) = up("c");
     let lab = guard.lab();
     apply(lab, dir.path(), "app.yaml", &app());
     apply(lab, dir.path(), "routes.yaml", &connection_error_routes());
@@ -620,7 +623,7 @@ fn connection_errors_are_retried_with_a_service_parent() {
 #[test]
 fn the_whole_gamma_conformance_suite_passes() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let (mut guard, _dir) = up("s");
+    let (_dir, mut guard) = up("s");
     let lab = guard.lab();
     let suite = conformance::default_dir().expect("the gamma suite is next to the repository");
     let options = Options::new(&suite);
