@@ -6,7 +6,12 @@
 //! - **mesh L4**: both pods enrolled, a Service port named `tcp*`: the node
 //!   proxies relay the bytes over HBONE (mTLS, HTTP/2 CONNECT) untouched;
 //! - **mesh L7**: both pods enrolled, a Service port named `http`: the
-//!   node-1 proxy parses and routes every request, then HBONE as above.
+//!   node-1 proxy parses and routes every request, then HBONE as above;
+//!   node-2 relays the stream (no policy of the server looks at requests);
+//! - **mesh L7 + L7 authz**: the same on another `http` port that an
+//!   AuthorizationPolicy with paths covers (a Deny of `/forbidden`, which
+//!   the load never asks for): node-2 also parses and authorizes every
+//!   request.
 //!
 //! For each path (where it means something) it measures HTTP req/s with 1
 //! and 16 connections (wrk, with its p50/p99), latency at fixed rates (1000
@@ -73,6 +78,7 @@ const MESH_NS: &str = "bench-mesh";
 
 /// Service ports (all on Service `server`, one set per namespace).
 const HTTP_PORT: u16 = 80; // named `http`: L7 in the mesh
+const HTTP_AUTHZ_PORT: u16 = 81; // named `http-authz`: L7, and a policy with paths on node-2
 const HTTP_L4_PORT: u16 = 8080; // named `tcp`: the same HTTP server, L4 in the mesh
 const ECHO_PORT: u16 = 9000; // `tcp-echo`: raw TCP echo
 const IPERF_PORT: u16 = 5201; // `tcp-iperf`
@@ -168,16 +174,18 @@ enum Route {
     Direct,
     L4,
     L7,
+    L7Authz,
 }
 
 impl Route {
-    const ALL: [Route; 3] = [Route::Direct, Route::L4, Route::L7];
+    const ALL: [Route; 4] = [Route::Direct, Route::L4, Route::L7, Route::L7Authz];
 
     fn label(self) -> &'static str {
         match self {
             Route::Direct => "direct",
             Route::L4 => "mesh L4",
             Route::L7 => "mesh L7",
+            Route::L7Authz => "mesh L7 + L7 authz",
         }
     }
 
@@ -185,6 +193,7 @@ impl Route {
     fn http_port(self) -> u16 {
         match self {
             Route::Direct | Route::L7 => HTTP_PORT,
+            Route::L7Authz => HTTP_AUTHZ_PORT,
             Route::L4 => HTTP_L4_PORT,
         }
     }
@@ -205,7 +214,7 @@ fn manifests(bin_dir: &Path, pid_dir: &Path) -> String {
         };
         let pid_file = pid_dir.join(format!("{ns}-echo.pid"));
         let server = format!(
-            "RUST_LOG=warn {} serve --port 8080 --tcp-port 9000 & echo $! > {}; exec iperf3 -s -p {IPERF_PORT}",
+            "RUST_LOG=warn {} serve --port 8080 --port 8081 --port 8082 --tcp-port 9000 & echo $! > {}; exec iperf3 -s -p {IPERF_PORT}",
             echo.display(),
             pid_file.display()
         );
@@ -237,7 +246,8 @@ spec:
   selector: {{app: server}}
   ports:
   - {{name: http, port: {HTTP_PORT}, targetPort: 8080}}
-  - {{name: tcp, port: {HTTP_L4_PORT}, targetPort: 8080}}
+  - {{name: tcp, port: {HTTP_L4_PORT}, targetPort: 8081}}
+  - {{name: http-authz, port: {HTTP_AUTHZ_PORT}, targetPort: 8082}}
   - {{name: tcp-echo, port: {ECHO_PORT}, targetPort: 9000}}
   - {{name: tcp-iperf, port: {IPERF_PORT}, targetPort: {IPERF_PORT}}}
 ---
@@ -255,6 +265,26 @@ spec:
 "#
         );
     }
+    // The L7 + authz route: a policy with paths on the server's port 8082
+    // only, so node-2 parses that port's requests and relays the others.
+    let _ = write!(
+        yaml,
+        r#"apiVersion: policy.hawser.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-forbidden
+  namespace: {MESH_NS}
+spec:
+  targetRefs:
+    - {{group: "", kind: Service, name: server}}
+  action: Deny
+  rules:
+    - to:
+        ports: [8082]
+        paths: ["/forbidden"]
+---
+"#
+    );
     yaml
 }
 
@@ -1217,7 +1247,7 @@ fn sanity_check(results: &Results) {
                 "bench: WARNING: the node proxies used {:.2} CPU s during direct -c{conns}: is the direct namespace redirected?",
                 usage.proxy_total()
             ),
-            Route::L4 | Route::L7 if !busy => eprintln!(
+            Route::L4 | Route::L7 | Route::L7Authz if !busy => eprintln!(
                 "bench: WARNING: the node proxies were idle during {} -c{conns}: did the traffic bypass the mesh?",
                 route.label()
             ),
@@ -1395,26 +1425,28 @@ fn render(r: &Results) -> String {
     let _ = writeln!(s, "| run | L4 | L7 | L7 / L4 | within goal |");
     let _ = writeln!(s, "|---|---:|---:|---:|---|");
     let mut pairs: Vec<(String, f64, f64)> = Vec::new();
-    for conns in [1, 16] {
-        let find = |route| {
-            r.wrk
-                .iter()
-                .find(|(rt, c, _, _)| *rt == route && *c == conns)
-                .map(|(_, _, w, u)| u.per_thousand(w.requests)[2])
-        };
-        if let (Some(l4), Some(l7)) = (find(Route::L4), find(Route::L7)) {
-            pairs.push((format!("wrk -c{conns}"), l4, l7));
+    for (l7_route, suffix) in [(Route::L7, ""), (Route::L7Authz, ", L7 + L7 authz")] {
+        for conns in [1, 16] {
+            let find = |route| {
+                r.wrk
+                    .iter()
+                    .find(|(rt, c, _, _)| *rt == route && *c == conns)
+                    .map(|(_, _, w, u)| u.per_thousand(w.requests)[2])
+            };
+            if let (Some(l4), Some(l7)) = (find(Route::L4), find(l7_route)) {
+                pairs.push((format!("wrk -c{conns}{suffix}"), l4, l7));
+            }
         }
-    }
-    for (rate, conns) in FIXED_RUNS {
-        let fixed = |route| {
-            r.fixed
-                .iter()
-                .find(|(rt, ra, c, _, _)| *rt == route && *ra == rate && *c == conns)
-                .map(|(_, _, _, f, u)| u.per_thousand(f.latencies_us.len() as u64)[2])
-        };
-        if let (Some(l4), Some(l7)) = (fixed(Route::L4), fixed(Route::L7)) {
-            pairs.push((format!("{rate} req/s, {conns} conns"), l4, l7));
+        for (rate, conns) in FIXED_RUNS {
+            let fixed = |route| {
+                r.fixed
+                    .iter()
+                    .find(|(rt, ra, c, _, _)| *rt == route && *ra == rate && *c == conns)
+                    .map(|(_, _, _, f, u)| u.per_thousand(f.latencies_us.len() as u64)[2])
+            };
+            if let (Some(l4), Some(l7)) = (fixed(Route::L4), fixed(l7_route)) {
+                pairs.push((format!("{rate} req/s, {conns} conns{suffix}"), l4, l7));
+            }
         }
     }
     let conn = |route| {

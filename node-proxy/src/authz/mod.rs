@@ -119,6 +119,19 @@ fn decide(policies: &[&AuthorizationPolicy], conn: &Connection<'_>) -> Decision 
     }
 }
 
+/// Whether deciding a connection to `port` under `policies` needs its HTTP
+/// requests: some rule that can apply to the port names methods or paths.
+/// When none does, every request of a connection gets the connection's L4
+/// decision, so the connection can be decided once and its bytes relayed.
+pub fn needs_requests(policies: &[&AuthorizationPolicy], port: u16) -> bool {
+    policies.iter().flat_map(|p| &p.rules).any(|rule| {
+        rule.to.as_ref().is_some_and(|to| {
+            (to.ports.is_empty() || to.ports.contains(&u32::from(port)))
+                && (!to.methods.is_empty() || !to.paths.is_empty())
+        })
+    })
+}
+
 fn policy_matches(p: &AuthorizationPolicy, conn: &Connection<'_>) -> bool {
     if p.rules.is_empty() {
         // No rules: Allow matches nothing, Deny matches everything.

@@ -231,6 +231,16 @@ fn rules_edge_cases_and_l7_fields_at_l4() {
         &[&l7(AuthorizationAction::Allow)],
         conn(Some(&web), 80)
     ));
+
+    // Requests are needed only where a rule with methods or paths applies.
+    assert!(needs_requests(&[&l7(AuthorizationAction::Allow)], 80));
+    assert!(!needs_requests(&[&deny_all, &allow_nothing], 80));
+    let mut on_8080 = l7(AuthorizationAction::Deny);
+    if let Some(to) = on_8080.rules[0].to.as_mut() {
+        to.ports = vec![8080];
+    }
+    assert!(!needs_requests(&[&on_8080], 80));
+    assert!(needs_requests(&[&on_8080], 8080));
 }
 
 #[test]

@@ -52,9 +52,14 @@ pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};
 
 /// Set by the destination node proxy on its own reply when the app refused
-/// or dropped the connection (`connect` or `reset`): the client's node proxy
-/// retries it as a connection error and removes the header. Apps cannot set
-/// it: the destination proxy strips it from their responses.
+/// or dropped the connection (`connect` or `reset`) while it served the
+/// stream as HTTP: the client's node proxy retries it as a connection error
+/// and removes the header. A relayed stream needs no header: the refusal
+/// fails the CONNECT and a drop ends the stream, which the client's proxy
+/// sees as connection errors itself. Where the destination parses, apps
+/// cannot set it (it is stripped from their responses); on a relayed stream
+/// an app that sets it only gets its own request retried, within the retry
+/// policy and budget.
 pub const UPSTREAM_ERROR_HEADER: &str = "hawser-upstream-error";
 
 /// Opens byte streams to endpoints on behalf of one client pod.

@@ -6,9 +6,15 @@
 //! - on a TCP port, evaluate the pod's AuthorizationPolicies at L4 and
 //!   connect to the app inside the pod's network namespace with the bypass
 //!   mark; the bytes are relayed;
-//! - on an HTTP port (see [`PodInbound::is_http_port`]), serve the stream as
-//!   HTTP ([`http`]): every request is authorized on its own, with its
-//!   method and path, and forwarded to the app, or answered `403`.
+//! - on an HTTP port (see [`PodInbound::is_http_port`]) that a policy with
+//!   methods or paths applies to, serve the stream as HTTP ([`http`]): every
+//!   request is authorized on its own, with its method and path, and
+//!   forwarded to the app, or answered `403`. Where no such policy applies,
+//!   every request would get the stream's L4 decision, so an allowed stream
+//!   is relayed like a TCP one, without parsing (a denied one is still
+//!   served, so its requests get `403`s). When a policy changes, a relayed
+//!   stream it could deny is closed (see [`PodInbound::revoked`]) and the
+//!   client's next stream is served as the new policy needs.
 //!
 //! Denials are logged with their reason and counted in [`InboundStats`].
 
@@ -58,12 +64,21 @@ pub struct PodInbound {
     netns: NetnsHandle,
     config: watch::Receiver<Arc<NodeConfig>>,
     stats: Arc<InboundStats>,
-    /// The pod's HTTP ports, computed once per config version.
-    http_ports: Mutex<Option<(Arc<NodeConfig>, Arc<PodPorts>)>>,
+    /// How the pod's ports are served, computed once per config version.
+    ports: Mutex<Option<(Arc<NodeConfig>, Arc<PodPorts>)>>,
 }
 
-/// A pod's ports that Services map: port → whether it carries HTTP.
-type PodPorts = BTreeMap<u16, bool>;
+/// How a port that Services map is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PortMode {
+    /// Every Service mapping it declares it HTTP.
+    http: bool,
+    /// A policy of the pod with methods or paths applies to it.
+    needs_requests: bool,
+}
+
+/// A pod's ports that Services map.
+type PodPorts = BTreeMap<u16, PortMode>;
 
 impl PodInbound {
     /// The handler for pod `uid` with addresses `ips` in `netns`.
@@ -79,7 +94,7 @@ impl PodInbound {
             netns,
             config,
             stats: Arc::default(),
-            http_ports: Mutex::new(None),
+            ports: Mutex::new(None),
         }
     }
 
@@ -100,8 +115,19 @@ impl PodInbound {
     /// [`crate::http::is_http`]). A port no Service maps, or one Services
     /// disagree on, is TCP: its bytes are relayed.
     pub fn is_http_port(&self, port: u16) -> bool {
+        self.port_mode(port).http
+    }
+
+    /// Whether streams to `port` are served as HTTP, request by request: an
+    /// HTTP port that a policy with methods or paths applies to.
+    pub fn serves_requests(&self, port: u16) -> bool {
+        let mode = self.port_mode(port);
+        mode.http && mode.needs_requests
+    }
+
+    fn port_mode(&self, port: u16) -> PortMode {
         let config = self.config.borrow().clone();
-        let mut cached = self.http_ports.lock();
+        let mut cached = self.ports.lock();
         let ports = match cached.as_ref() {
             Some((of, ports)) if Arc::ptr_eq(of, &config) => ports.clone(),
             _ => {
@@ -110,7 +136,10 @@ impl PodInbound {
                 ports
             }
         };
-        ports.get(&port).copied().unwrap_or(false)
+        ports.get(&port).copied().unwrap_or(PortMode {
+            http: false,
+            needs_requests: false,
+        })
     }
 
     /// A plaintext connection captured on 15006 (from outside the mesh): no
@@ -125,9 +154,10 @@ impl PodInbound {
         self.admit_stream(None, peer_addr, target).await
     }
 
-    /// Admits a stream: on an HTTP port, hands it to the HTTP server (no
-    /// decision yet: each request is authorized); otherwise decides at L4
-    /// and connects.
+    /// Admits a stream: on an HTTP port with policies on methods or paths,
+    /// or from a peer the policy denies, hands it to the HTTP server (each
+    /// request is authorized and answered); otherwise decides at L4 and
+    /// connects.
     async fn admit_stream(
         &self,
         peer: Option<&SpiffeId>,
@@ -135,7 +165,16 @@ impl PodInbound {
         target: SocketAddr,
     ) -> Result<Admitted<TcpStream>, Refusal> {
         self.check_target(target)?;
-        if !self.is_http_port(target.port()) {
+        let port = target.port();
+        let relay = !self.is_http_port(port)
+            || (!self.serves_requests(port)
+                // A peer the policy denies still gets its `403`s (with the
+                // policy's name) on an HTTP port, not a reset.
+                && !matches!(
+                    self.evaluate_l4(peer, peer_addr, target).decision,
+                    Decision::Deny { .. }
+                ));
+        if relay {
             return self
                 .admit(peer, peer_addr, target)
                 .await
@@ -292,9 +331,10 @@ fn policies<'c>(config: &'c NodeConfig, uid: &str) -> Vec<&'c AuthorizationPolic
 }
 
 /// Every port of workload `uid` that a Service of `config` maps, with
-/// whether all of them declare it HTTP.
+/// whether all of them declare it HTTP and whether the pod's policies look
+/// at its requests.
 fn pod_ports(config: &NodeConfig, uid: &str) -> PodPorts {
-    let mut ports = BTreeMap::new();
+    let mut http_ports = BTreeMap::new();
     for svc in config.services() {
         for ep in svc.endpoints.iter().filter(|e| e.workload_uid == uid) {
             for (svc_port, target) in &ep.ports {
@@ -305,9 +345,22 @@ fn pod_ports(config: &NodeConfig, uid: &str) -> PodPorts {
                     continue;
                 };
                 let http = crate::http::is_http(&sp.app_protocol, &sp.name);
-                *ports.entry(target).or_insert(http) &= http;
+                *http_ports.entry(target).or_insert(http) &= http;
             }
         }
     }
-    ports
+    let policies = policies(config, uid);
+    http_ports
+        .into_iter()
+        .map(|(port, http)| {
+            let needs_requests = authz::needs_requests(&policies, port);
+            (
+                port,
+                PortMode {
+                    http,
+                    needs_requests,
+                },
+            )
+        })
+        .collect()
 }

@@ -432,3 +432,72 @@ async fn l7_rules_on_a_tcp_port_fail_closed() {
     let (status, _) = hbone(handler, id("ops"), app).await;
     assert_eq!(status, StatusCode::OK, "unless its sources do not match");
 }
+
+#[tokio::test]
+async fn an_http_port_no_policy_looks_into_is_relayed_until_one_does() {
+    let (app, _) = app().await;
+    // Allows shop/web at L4 only: no rule names methods or paths.
+    let mut allow_web = allow_web_reads();
+    allow_web.name = "allow-web".into();
+    allow_web.rules[0].to = None;
+    let (handler, tx) = inbound(config(vec![allow_web.clone()], app.port(), "http-api", ""));
+    assert!(handler.is_http_port(app.port()));
+    assert!(!handler.serves_requests(app.port()));
+    let (status, stream) = hbone(handler.clone(), id("web"), app).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut relayed = http1_client(stream.expect("stream")).await;
+    assert_eq!(
+        send(&mut relayed, "POST", "/admin").await,
+        (StatusCode::OK, "POST /admin".into()),
+        "relayed: the app answers"
+    );
+    let stats = handler.stats();
+    assert_eq!(
+        stats.requests_allowed.load(Ordering::Relaxed),
+        0,
+        "not parsed"
+    );
+    // A denied peer is still answered per request, with the policy's 403.
+    let (status, stream) = hbone(handler.clone(), id("ops"), app).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut denied = http1_client(stream.expect("stream")).await;
+    let (status, body) = send(&mut denied, "GET", "/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 1);
+
+    // A Deny on POST for shop/web: the relayed stream could carry a denied
+    // request, so it is closed; new streams are served request by request.
+    let mut deny_posts = allow_web_reads();
+    deny_posts.name = "deny-posts".into();
+    deny_posts.action = AuthorizationAction::Deny as i32;
+    deny_posts.rules[0].to = Some(Destination {
+        ports: vec![],
+        methods: vec!["POST".into()],
+        paths: vec![],
+    });
+    tx.send_replace(config(
+        vec![allow_web, deny_posts],
+        app.port(),
+        "http-api",
+        "",
+    ));
+    assert!(handler.serves_requests(app.port()));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !relayed.is_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relayed stream stayed open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, stream) = hbone(handler.clone(), id("web"), app).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut client = http1_client(stream.expect("stream")).await;
+    assert_eq!(send(&mut client, "GET", "/x").await.0, StatusCode::OK);
+    assert_eq!(
+        send(&mut client, "POST", "/x").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 2);
+}
