@@ -27,9 +27,36 @@ pub fn is_http(app_protocol: Option<&str>, port_name: &str) -> bool {
     }
 }
 
+/// Whether an HTTP Service port speaks HTTP/2 with prior knowledge:
+/// `appProtocol` `kubernetes.io/h2c`, `h2c`, `http2` or `grpc`
+/// (case-insensitive); or, when `appProtocol` is unset or empty, a port name
+/// starting with `grpc`.
+pub fn is_h2(app_protocol: Option<&str>, port_name: &str) -> bool {
+    match app_protocol.filter(|p| !p.is_empty()) {
+        Some(p) => matches!(
+            p.to_ascii_lowercase().as_str(),
+            "kubernetes.io/h2c" | "h2c" | "http2" | "grpc"
+        ),
+        None => port_name.to_ascii_lowercase().starts_with("grpc"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_http;
+    use super::{is_h2, is_http};
+
+    #[test]
+    fn h2_by_app_protocol_then_by_grpc_name() {
+        assert!(is_h2(Some("GRPC"), "http"));
+        assert!(is_h2(Some("kubernetes.io/h2c"), ""));
+        assert!(is_h2(None, "grpc-api"));
+        assert!(is_h2(Some(""), "grpc"));
+        assert!(
+            !is_h2(Some("http"), "grpc-api"),
+            "explicit appProtocol wins"
+        );
+        assert!(!is_h2(None, "http"));
+    }
 
     #[test]
     fn app_protocol_wins_then_the_port_name() {

@@ -88,6 +88,24 @@ pub struct Condition {
     pub observed_generation: i64,
 }
 
+/// `Type=True|False Reason (generation N)[: message]`, on one line.
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={} {} (generation {})",
+            self.kind,
+            if self.status { "True" } else { "False" },
+            self.reason,
+            self.observed_generation
+        )?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
@@ -109,18 +127,7 @@ impl fmt::Display for RouteStatus {
         for p in &self.parents {
             writeln!(f, "  parent {} ({})", p.parent_ref, p.controller_name)?;
             for c in &p.conditions {
-                write!(
-                    f,
-                    "    {}={} {} (generation {})",
-                    c.kind,
-                    if c.status { "True" } else { "False" },
-                    c.reason,
-                    c.observed_generation
-                )?;
-                if !c.message.is_empty() {
-                    write!(f, ": {}", c.message)?;
-                }
-                writeln!(f)?;
+                writeln!(f, "    {c}")?;
             }
         }
         Ok(())
@@ -157,18 +164,7 @@ impl fmt::Display for PolicyStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "AuthorizationPolicy {}", self.policy)?;
         for c in &self.conditions {
-            write!(
-                f,
-                "  {}={} {} (generation {})",
-                c.kind,
-                if c.status { "True" } else { "False" },
-                c.reason,
-                c.observed_generation
-            )?;
-            if !c.message.is_empty() {
-                write!(f, ": {}", c.message)?;
-            }
-            writeln!(f)?;
+            writeln!(f, "  {c}")?;
         }
         for u in &self.unenforceable {
             writeln!(f, "    {}", u.message)?;

@@ -93,25 +93,24 @@ pub fn policy_status(policy: &AuthorizationPolicy, ports: &WorkloadPorts) -> Pol
             }
         }
     }
-    let accepted = if unenforceable.is_empty() {
-        Condition {
-            kind: ConditionType::Accepted,
-            status: true,
-            reason: Reason::Accepted,
-            message: String::new(),
-            observed_generation: policy.generation,
-        }
-    } else {
-        Condition {
-            kind: ConditionType::Accepted,
-            status: false,
-            reason: Reason::UnenforceableFields,
-            message: format!(
+    let enforceable = unenforceable.is_empty();
+    let accepted = Condition {
+        kind: ConditionType::Accepted,
+        status: enforceable,
+        reason: if enforceable {
+            Reason::Accepted
+        } else {
+            Reason::UnenforceableFields
+        },
+        message: if enforceable {
+            String::new()
+        } else {
+            format!(
                 "{} rule field(s) cannot be enforced where they apply; there an Allow rule never matches and a Deny rule always does (set `to.ports` to HTTP ports)",
                 unenforceable.len()
-            ),
-            observed_generation: policy.generation,
-        }
+            )
+        },
+        observed_generation: policy.generation,
     };
     PolicyStatus {
         policy: policy.key.clone(),

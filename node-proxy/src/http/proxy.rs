@@ -209,7 +209,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// An HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
-/// An HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
 pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
@@ -323,9 +322,12 @@ impl HttpOutbound {
     }
 
     fn budget(&self, service: &ServiceKey) -> Arc<RetryBudget> {
-        self.inner
-            .budgets
-            .lock()
+        let mut budgets = self.inner.budgets.lock();
+        // The key is copied only the first time the Service is seen.
+        if let Some(budget) = budgets.get(service) {
+            return budget.clone();
+        }
+        budgets
             .entry(service.clone())
             .or_insert_with(|| Arc::new(RetryBudget::new(self.inner.settings.retry_budget)))
             .clone()
@@ -369,11 +371,7 @@ impl HttpOutbound {
             destination = %client.destination,
             client_ns = %client.namespace,
         );
-        let result = if span.is_disabled() {
-            self.route(req, client, grpc).await
-        } else {
-            self.route(req, client, grpc).instrument(span.clone()).await
-        };
+        let result = self.route(req, client, grpc).instrument(span.clone()).await;
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {

@@ -52,14 +52,12 @@ pub enum UpstreamProtocol {
 }
 
 impl UpstreamProtocol {
-    /// The protocol of a Service port from its `appProtocol`, derived
-    /// protocol and name: HTTP/2 for `kubernetes.io/h2c`, `h2c`, `http2`,
-    /// `grpc` and ports named `grpc*`, HTTP/1.1 otherwise.
+    /// The protocol of a Service port from its derived protocol, else its
+    /// `appProtocol` and name ([`hawser_api::protocol::is_h2`]): HTTP/2 or
+    /// HTTP/1.1.
     pub fn of_port(app_protocol: &str, protocol: pb::Protocol, port_name: &str) -> Self {
-        let app = app_protocol.to_ascii_lowercase();
-        let h2 = matches!(app.as_str(), "kubernetes.io/h2c" | "h2c" | "http2" | "grpc")
-            || protocol == pb::Protocol::Http2
-            || (app.is_empty() && port_name.to_ascii_lowercase().starts_with("grpc"));
+        let h2 = protocol == pb::Protocol::Http2
+            || hawser_api::protocol::is_h2(Some(app_protocol), port_name);
         if h2 { Self::Http2 } else { Self::Http1 }
     }
 }

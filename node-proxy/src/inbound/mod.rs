@@ -6,7 +6,7 @@
 //! - on a TCP port, evaluate the pod's AuthorizationPolicies at L4 and
 //!   connect to the app inside the pod's network namespace with the bypass
 //!   mark; the bytes are relayed;
-//! - on an HTTP port (see [`PodInbound::is_http_port`]) that a policy with
+//! - on an HTTP port (see [`crate::http::is_http`]) that a policy with
 //!   methods or paths applies to, serve the stream as HTTP ([`http`]): every
 //!   request is authorized on its own, with its method and path, and
 //!   forwarded to the app, or answered `403`. Where no such policy applies,
@@ -114,13 +114,15 @@ impl PodInbound {
     /// `port` declares that port HTTP (`appProtocol`, else the port name; see
     /// [`crate::http::is_http`]). A port no Service maps, or one Services
     /// disagree on, is TCP: its bytes are relayed.
-    pub fn is_http_port(&self, port: u16) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_http_port(&self, port: u16) -> bool {
         self.port_mode(port).http
     }
 
     /// Whether streams to `port` are served as HTTP, request by request: an
     /// HTTP port that a policy with methods or paths applies to.
-    pub fn serves_requests(&self, port: u16) -> bool {
+    #[cfg(test)]
+    pub(crate) fn serves_requests(&self, port: u16) -> bool {
         let mode = self.port_mode(port);
         mode.http && mode.needs_requests
     }
@@ -165,20 +167,17 @@ impl PodInbound {
         target: SocketAddr,
     ) -> Result<Admitted<TcpStream>, Refusal> {
         self.check_target(target)?;
-        let port = target.port();
-        let relay = !self.is_http_port(port)
-            || (!self.serves_requests(port)
-                // A peer the policy denies still gets its `403`s (with the
-                // policy's name) on an HTTP port, not a reset.
-                && !matches!(
-                    self.evaluate_l4(peer, peer_addr, target).decision,
-                    Decision::Deny { .. }
-                ));
-        if relay {
-            return self
-                .admit(peer, peer_addr, target)
-                .await
-                .map(Admitted::Relay);
+        let mode = self.port_mode(target.port());
+        if !(mode.http && mode.needs_requests) {
+            let eval = self.evaluate_l4(peer, peer_addr, target);
+            // A peer the policy denies still gets its `403`s (with the
+            // policy's name) on an HTTP port, not a reset.
+            if !(mode.http && matches!(eval.decision, Decision::Deny { .. })) {
+                return self
+                    .connect_decided(eval, peer, peer_addr, target)
+                    .await
+                    .map(Admitted::Relay);
+            }
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pod = %self.uid, %target, "serving the stream as HTTP");
@@ -260,6 +259,18 @@ impl PodInbound {
         target: SocketAddr,
     ) -> Result<TcpStream, Refusal> {
         let eval = self.evaluate_l4(peer, peer_addr, target);
+        self.connect_decided(eval, peer, peer_addr, target).await
+    }
+
+    /// Carries out the L4 decision `eval`: logs and counts it, and connects
+    /// when it allows.
+    async fn connect_decided(
+        &self,
+        eval: authz::Evaluation,
+        peer: Option<&SpiffeId>,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<TcpStream, Refusal> {
         // Only formatted when something is logged.
         let who = || peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
         for audit in &eval.audit_denials {
