@@ -52,7 +52,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use hawser_tests::lab::{Lab, LabConfig, sys};
+use hawser_tests::lab::{Lab, LabConfig, LabGuard, sys};
 
 /// The whole benchmark must finish within this (lab setup included).
 const BUDGET: Duration = Duration::from_secs(300);
@@ -95,35 +95,15 @@ fn main() -> anyhow::Result<()> {
         config.bin_dir.display()
     );
     let lab = Lab::up(config).context("bring up the lab (the benchmark needs root)")?;
-    let mut guard = Guard(Some(lab));
+    // Removes the lab however the run ends (error or panic).
+    let mut guard = LabGuard(Some(lab));
     let result = run(guard.lab(), dir.path(), started);
+    eprintln!("bench: tearing down the lab");
     drop(guard);
     let tables = result?;
     println!("{tables}");
     eprintln!("bench: done in {:.0?}", started.elapsed());
     Ok(())
-}
-
-/// Removes the lab however the run ends (error or panic).
-struct Guard(Option<Lab>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(lab) = self.0.take() {
-            eprintln!("bench: tearing down the lab");
-            if let Err(e) = lab.down() {
-                eprintln!("bench: lab teardown failed: {e} (run `hawser lab down`)");
-            }
-        }
-    }
-}
-
-impl Guard {
-    fn lab(&mut self) -> &mut Lab {
-        self.0
-            .as_mut()
-            .expect("the lab is up until the guard drops")
-    }
 }
 
 /// Fails loudly when something the benchmark needs is missing.

@@ -43,7 +43,7 @@ fn pods_on_two_nodes_reach_each_other_and_down_restores_the_host() {
     let before = host_snapshot(&prefix);
     let state_dir: PathBuf = cfg.state_dir.clone();
     let mut guard = Guard(Some(Lab::up(cfg).expect("lab up")));
-    let lab = guard.0.as_mut().expect("lab");
+    let lab = guard.lab();
 
     // The control plane runs in the underlay and answers on its admin API.
     let cp = lab
@@ -184,7 +184,7 @@ fn failed_pod_creation_leaves_nothing_behind() {
     let (cfg, _dir) = config("c");
     let prefix = format!("{}-", cfg.name);
     let mut guard = Guard(Some(Lab::up(cfg).expect("up")));
-    let lab = guard.0.as_mut().expect("lab");
+    let lab = guard.lab();
     let err = lab.add_pod("default", "a", "uid-a", "node-9").unwrap_err();
     assert!(
         err.to_string().contains("no node named \"node-9\""),
@@ -261,7 +261,7 @@ fn http_get(netns: &str, addr: std::net::SocketAddr) -> String {
 fn apply_runs_pods_and_reports_bad_documents() {
     let (cfg, dir) = config("d");
     let mut guard = Guard(Some(Lab::up(cfg).expect("up")));
-    let lab = guard.0.as_mut().expect("lab");
+    let lab = guard.lab();
     let file = dir.path().join("app.yaml");
     std::fs::write(&file, APP).expect("write manifests");
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use hawser_tests::echo::client::{Outcome, Report};
+use hawser_tests::echo::client::Outcome;
 use hawser_tests::lab::conformance::{self, Options};
 use hawser_tests::lab::{Lab, LabConfig};
 
@@ -297,27 +297,16 @@ fn apply(lab: &mut Lab, dir: &Path, file: &str, yaml: &str) {
 /// Runs the echo client in the client pod: `count` requests to `url` over
 /// kept-alive connections.
 fn send(lab: &Lab, url: &str, count: u32) -> Vec<Outcome> {
-    let netns = lab.pod(NS, "client").expect("client pod").netns.clone();
-    let echo = lab.config().bin_dir.join("hawser-echo");
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &netns])
-        .arg(&echo)
-        .args(["client", "--json", "--timeout", "10s", "--count"])
-        .arg(count.to_string())
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the echo client");
-    // It exits 1 when a request got no response; the report says which.
-    let report: Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "echo client {url}: {e} ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert_eq!(report.outcomes.len(), count as usize, "{report:?}");
-    report.outcomes
+    let pod = lab.pod(NS, "client").expect("client pod");
+    let args: Vec<String> = ["client", "--json", "--timeout", "10s", "--count"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([count.to_string(), url.to_owned()])
+        .collect();
+    let outcomes =
+        conformance::echo_client(lab, pod, &args).unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(outcomes.len(), count as usize, "{outcomes:?}");
+    outcomes
 }
 
 /// One request: its outcome.

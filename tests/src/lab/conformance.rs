@@ -702,6 +702,32 @@ impl Options {
     }
 }
 
+/// Runs `hawser-echo` with `args` (e.g. `client --json … URL`) inside
+/// `pod`'s network namespace and returns the outcomes of its JSON report.
+/// The client exits 1 when a request got no response; its report says which
+/// and why, so that exit is not an error here.
+pub fn echo_client(lab: &Lab, pod: &Pod, args: &[String]) -> Result<Vec<Outcome>, String> {
+    let echo = lab.config().bin_dir.join("hawser-echo");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .arg(&echo)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running {} in {}: {e}", echo.display(), pod.name))?;
+    serde_json::from_slice::<Report>(&out.stdout)
+        .map(|r| r.outcomes)
+        .map_err(|_| {
+            format!(
+                "echo client in {}/{} failed ({}): {}",
+                pod.namespace,
+                pod.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+}
+
 /// The suite directory when none is given: [`DEFAULT_DIR`] from the current
 /// directory, then the one next to the package cargo runs this from (tests),
 /// then the one next to the source tree this was built from.
@@ -1149,27 +1175,7 @@ impl Runner<'_> {
 
     /// Runs the echo client in `pod` and parses its report.
     fn send(&self, pod: &Pod, args: &[String]) -> Result<Vec<Outcome>, String> {
-        let echo = self.lab.config().bin_dir.join("hawser-echo");
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &pod.netns])
-            .arg(&echo)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("running {} in {}: {e}", echo.display(), pod.name))?;
-        // The client exits 1 when a request got no response; its report
-        // says which and why.
-        serde_json::from_slice::<Report>(&out.stdout)
-            .map(|r| r.outcomes)
-            .map_err(|_| {
-                format!(
-                    "echo client in {}/{} failed ({}): {}",
-                    pod.namespace,
-                    pod.name,
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
-            })
+        echo_client(self.lab, pod, args)
     }
 
     fn run_case(&mut self, test: &TestSpec, case: &CaseSpec) -> CaseResult {

@@ -284,7 +284,10 @@ impl LabGuard {
 impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Some(lab) = self.0.take() {
-            let _ = lab.down();
+            let name = lab.config().name.clone();
+            if let Err(e) = lab.down() {
+                eprintln!("lab {name}: teardown failed: {e} (run `hawser lab down`)");
+            }
         }
     }
 }

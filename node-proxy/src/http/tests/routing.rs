@@ -244,31 +244,17 @@ async fn header_modifiers_set_add_and_remove() {
         .await;
     assert_eq!(answer.status, 200);
     let seen = v1.last();
-    assert_eq!(
-        seen.header("x-header-set-1").as_deref(),
-        Some("header-set-1")
-    );
-    assert_eq!(
-        seen.header("x-header-set-2").as_deref(),
-        Some("header-set-2")
-    );
-    assert_eq!(
-        seen.header("x-header-add-1").as_deref(),
-        Some("header-add-1")
-    );
-    assert_eq!(
-        seen.header("x-header-add-2").as_deref(),
-        Some("add-val-2,header-add-2")
-    );
-    assert_eq!(
-        seen.header("x-header-add-3").as_deref(),
-        Some("header-add-3")
-    );
-    assert_eq!(
-        seen.header("another-header").as_deref(),
-        Some("another-header-val")
-    );
-    assert_eq!(seen.header("x-header-remove-2"), None);
+    for (name, want) in [
+        ("x-header-set-1", Some("header-set-1")),
+        ("x-header-set-2", Some("header-set-2")),
+        ("x-header-add-1", Some("header-add-1")),
+        ("x-header-add-2", Some("add-val-2,header-add-2")),
+        ("x-header-add-3", Some("header-add-3")),
+        ("another-header", Some("another-header-val")),
+        ("x-header-remove-2", None),
+    ] {
+        assert_eq!(seen.header(name).as_deref(), want, "{name}");
+    }
     assert_eq!(answer.header("x-resp-set"), Some("set"));
     let added: Vec<_> = answer.headers.get_all("x-resp-add").iter().collect();
     assert_eq!(added, ["original", "added"]);

@@ -376,16 +376,24 @@ async fn h2c_requests_keep_grpc_trailers_and_get_grpc_denials() {
 async fn upgrades_pass_through_once_authorized() {
     let (app, _) = app().await;
     let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http", ""));
+    let upgrade = || {
+        Request::builder()
+            .uri("/ws")
+            .header("host", "api.shop")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    // Not on the allow-list: refused before anything reaches the app.
+    let (_, stream) = hbone(handler.clone(), id("ops"), app).await;
+    let mut denied = http1_client(stream.expect("stream")).await;
+    let resp = denied.send_request(upgrade()).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
     let (_, stream) = hbone(handler, id("web"), app).await;
     let mut client = http1_client(stream.expect("stream")).await;
-    let req = Request::builder()
-        .uri("/ws")
-        .header("host", "api.shop")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = client.send_request(req).await.expect("response");
+    let resp = client.send_request(upgrade()).await.expect("response");
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     let mut io = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded"));
     io.write_all(b"ping").await.expect("write");
