@@ -16,12 +16,14 @@
 //! - [`routes`]: the route tables of one config version, compiled.
 //! - `matching`: request → rule, `filters`: header, path and redirect edits.
 //! - `proxy`: [`HttpOutbound`], the per-request flow and connection serving.
-//! - `pool`: upstream HTTP connections per (connector, endpoint).
+//! - `pool`: upstream HTTP connections per (connector, endpoint); `h1`: the
+//!   HTTP/1.1 exchange of a request without a body, in the caller's task.
 //! - `retry`: retry budget and backoff, `body`: replayable and mirrored bodies.
 //! - `respond`: the one place errors become responses ([`HttpError`]).
 
 mod body;
 mod filters;
+mod h1;
 mod matching;
 mod metrics;
 mod pool;

@@ -3,7 +3,10 @@
 //! HTTP/2 endpoints share one multiplexed connection, reopened when it
 //! closes. HTTP/1.1 connections carry one request at a time: a connection
 //! goes back to the idle list once its response body has been read to the
-//! end (or dropped) and the connection is ready again. Connections are
+//! end (or dropped) and the connection is ready again. A request without a
+//! body is exchanged by the caller's task itself ([`super::h1`]); one with
+//! a body goes through hyper's client connection, which takes over an idle
+//! connection of the first kind when it needs one. Connections are
 //! keyed by the [`UpstreamConnector`] that opened them, so a connection
 //! opened on behalf of one client pod never carries another pod's
 //! requests. Upgrades (WebSocket) use a dedicated connection. Idle
@@ -27,8 +30,13 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::UpstreamConnector;
-use super::body::{BoxError, HttpBody, boxed};
+use super::body::{BoxError, HttpBody, boxed, empty};
+use super::h1;
 use super::routes::UpstreamProtocol;
+use crate::tunnel::client::Io;
+
+/// An HTTP/1.1 connection the caller's task drives.
+type LeanConnection = h1::Connection<Box<dyn Io>>;
 
 /// Why an upstream request failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +59,16 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// The connection failed, or the upstream's answer was not HTTP/1.1,
+    /// during an exchange of a request without a body.
+    #[error("request to {addr} failed: {source}")]
+    Exchange {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: h1::Error,
+    },
 }
 
 impl UpstreamError {
@@ -58,7 +76,7 @@ impl UpstreamError {
     /// failure of the client's own request body).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::Exchange { .. } => true,
             Self::Request { source, .. } => !source.is_user(),
         }
     }
@@ -75,8 +93,30 @@ struct Key {
 }
 
 struct Idle {
-    sender: http1::SendRequest<HttpBody>,
+    conn: H1,
     since: Instant,
+}
+
+/// An idle HTTP/1.1 connection, of either kind.
+enum H1 {
+    Hyper(http1::SendRequest<HttpBody>),
+    Lean(LeanConnection),
+}
+
+impl H1 {
+    /// Whether it can carry the next request now.
+    fn is_usable(&mut self) -> bool {
+        match self {
+            Self::Hyper(sender) => sender.is_ready(),
+            Self::Lean(conn) => conn.is_usable(),
+        }
+    }
+}
+
+impl Idle {
+    fn is_live(&mut self, now: Instant, timeout: Duration) -> bool {
+        now.duration_since(self.since) < timeout && self.conn.is_usable()
+    }
 }
 
 struct Entry {
@@ -104,6 +144,7 @@ impl std::fmt::Debug for Pool {
 enum Sender {
     H1(http1::SendRequest<HttpBody>),
     H2(http2::SendRequest<HttpBody>),
+    Lean(LeanConnection),
 }
 
 impl Pool {
@@ -146,18 +187,20 @@ impl Pool {
         let mut expired = Vec::new();
         let mut entries = self.entries.lock();
         entries.retain(|_, entry| {
-            let (keep, gone): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut entry.idle)
-                .into_iter()
-                .partition(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
-            entry.idle = keep;
-            expired.extend(gone);
+            for mut idle in std::mem::take(&mut entry.idle) {
+                if idle.is_live(now, timeout) {
+                    entry.idle.push(idle);
+                } else {
+                    expired.push(idle);
+                }
+            }
             if entry.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
                 entry.h2 = None;
             }
             entry.h2.is_some() || !entry.idle.is_empty()
         });
         drop(entries);
-        // Senders are dropped outside the lock.
+        // Connections are dropped outside the lock.
         drop(expired);
     }
 
@@ -196,10 +239,12 @@ impl Pool {
             },
             UpstreamProtocol::Http1 => {
                 let now = Instant::now();
-                while let Some(idle) = entry.idle.pop() {
-                    if idle.sender.is_ready() && now.duration_since(idle.since) < self.idle_timeout
-                    {
-                        return Some(Sender::H1(idle.sender));
+                while let Some(mut idle) = entry.idle.pop() {
+                    if idle.is_live(now, self.idle_timeout) {
+                        return Some(match idle.conn {
+                            H1::Hyper(sender) => Sender::H1(sender),
+                            H1::Lean(conn) => Sender::Lean(conn),
+                        });
                     }
                 }
                 None
@@ -214,18 +259,19 @@ impl Pool {
             h2: None,
             idle: Vec::new(),
         });
-        match sender {
-            Sender::H2(h2) => entry.h2 = Some(h2),
-            Sender::H1(sender) => {
-                let now = Instant::now();
-                let timeout = self.idle_timeout;
-                entry
-                    .idle
-                    .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
-                if entry.idle.len() < self.max_idle {
-                    entry.idle.push(Idle { sender, since: now });
-                }
+        let conn = match sender {
+            Sender::H2(h2) => {
+                entry.h2 = Some(h2);
+                return;
             }
+            Sender::H1(sender) => H1::Hyper(sender),
+            Sender::Lean(conn) => H1::Lean(conn),
+        };
+        let now = Instant::now();
+        let timeout = self.idle_timeout;
+        entry.idle.retain_mut(|i| i.is_live(now, timeout));
+        if entry.idle.len() < self.max_idle {
+            entry.idle.push(Idle { conn, since: now });
         }
     }
 
@@ -244,7 +290,7 @@ impl Pool {
         &self,
         connector: &Arc<dyn UpstreamConnector>,
         addr: SocketAddr,
-    ) -> Result<TokioIo<Box<dyn crate::tunnel::client::Io>>, UpstreamError> {
+    ) -> Result<TokioIo<Box<dyn Io>>, UpstreamError> {
         let io = connector
             .connect(addr)
             .await
@@ -283,6 +329,15 @@ impl Pool {
         upgrades: bool,
     ) -> Result<http1::SendRequest<HttpBody>, UpstreamError> {
         let io = self.open(connector, addr).await?;
+        Self::handshake_h1(io, addr, upgrades).await
+    }
+
+    /// Starts hyper's HTTP/1.1 client on an open connection.
+    async fn handshake_h1(
+        io: TokioIo<Box<dyn Io>>,
+        addr: SocketAddr,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<HttpBody>, UpstreamError> {
         let (sender, conn) = http1::handshake(io)
             .await
             .map_err(|e| UpstreamError::Connect {
@@ -313,18 +368,18 @@ impl Pool {
         req: Request<HttpBody>,
     ) -> Result<Response<HttpBody>, UpstreamError> {
         let key = Self::key(connector, addr, protocol);
+        let bodyless = req.body().is_end_stream();
         let sender = match self.checkout(&key) {
+            Some(Sender::Lean(conn)) if !bodyless => {
+                // hyper takes the idle connection over: it can write a body
+                // while the response arrives.
+                let io = TokioIo::new(conn.into_io());
+                Sender::H1(Box::pin(Self::handshake_h1(io, addr, false)).await?)
+            }
             Some(sender) => sender,
-            None => match protocol {
-                UpstreamProtocol::Http2 => {
-                    let h2 = self.connect_h2(connector, addr).await?;
-                    self.checkin(key.clone(), connector, Sender::H2(h2.clone()));
-                    Sender::H2(h2)
-                }
-                UpstreamProtocol::Http1 => {
-                    Sender::H1(self.connect_h1(connector, addr, false).await?)
-                }
-            },
+            // Opening is boxed: its futures (TLS, HTTP/2 handshakes) would
+            // otherwise make every request's future larger.
+            None => Box::pin(self.connect(connector, addr, protocol, &key, bodyless)).await?,
         };
         let request_err = |source| UpstreamError::Request { addr, source };
         match sender {
@@ -345,7 +400,52 @@ impl Pool {
                 };
                 Ok(resp.map(|inner| boxed(PooledBody { inner, giveback })))
             }
+            Sender::Lean(conn) => {
+                let (parts, _) = req.into_parts();
+                let resp = conn.send(&parts).await.map_err(|source| {
+                    self.prune(&key);
+                    UpstreamError::Exchange { addr, source }
+                })?;
+                let (head, body) = resp.into_parts();
+                let mut body = LeanBody {
+                    body,
+                    pool: Arc::downgrade(self),
+                    key,
+                    connector: connector.clone(),
+                };
+                if body.body.is_end_stream() {
+                    // No body to read (HEAD, 204, 304, length 0): back now.
+                    body.give_back();
+                    return Ok(Response::from_parts(head, empty()));
+                }
+                Ok(Response::from_parts(head, boxed(body)))
+            }
         }
+    }
+
+    /// Opens a connection for `key`'s protocol: HTTP/2 (shared from now
+    /// on), HTTP/1.1 driven by the caller for a request without a body,
+    /// else hyper's HTTP/1.1 client.
+    async fn connect(
+        &self,
+        connector: &Arc<dyn UpstreamConnector>,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        key: &Key,
+        bodyless: bool,
+    ) -> Result<Sender, UpstreamError> {
+        Ok(match protocol {
+            UpstreamProtocol::Http2 => {
+                let h2 = self.connect_h2(connector, addr).await?;
+                self.checkin(key.clone(), connector, Sender::H2(h2.clone()));
+                Sender::H2(h2)
+            }
+            UpstreamProtocol::Http1 if bodyless => {
+                let io = self.open(connector, addr).await?.into_inner();
+                Sender::Lean(h1::Connection::new(io))
+            }
+            UpstreamProtocol::Http1 => Sender::H1(self.connect_h1(connector, addr, false).await?),
+        })
     }
 
     /// Sends an upgrade request (HTTP/1.1 `Upgrade`) over a new connection
@@ -437,5 +537,55 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A response body read by the caller's task over a pooled connection;
+/// the connection goes back to the pool when the body is complete, also
+/// when the reader drops it right after the last byte.
+struct LeanBody {
+    body: h1::ResponseBody<Box<dyn Io>>,
+    pool: Weak<Pool>,
+    key: Key,
+    connector: Arc<dyn UpstreamConnector>,
+}
+
+impl LeanBody {
+    fn give_back(&mut self) {
+        if let Some(conn) = self.body.take_reusable()
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.checkin(self.key.clone(), &self.connector, Sender::Lean(conn));
+        }
+    }
+}
+
+impl Drop for LeanBody {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+impl Body for LeanBody {
+    type Data = Bytes;
+    type Error = h1::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.give_back();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -71,7 +71,9 @@ impl HttpError {
             Self::NoEndpoints { .. } | Self::Upstream(UpstreamError::Connect { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Upstream(UpstreamError::Request { .. }) => StatusCode::BAD_GATEWAY,
+            Self::Upstream(UpstreamError::Request { .. } | UpstreamError::Exchange { .. }) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::RequestTimeout(_) | Self::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
         }

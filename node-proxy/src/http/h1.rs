@@ -1,0 +1,1039 @@
+//! A lean HTTP/1.1 client for requests without a body: the exchange runs in
+//! the caller's task and the response body reads straight from the
+//! connection.
+//!
+//! hyper's client connection (`hyper::client::conn::http1`) drives every
+//! connection in a task of its own and hands the request, the response head
+//! and each body chunk over channels. For the L7 path that is two more task
+//! wake-ups and several channel hand-offs per request, the largest share of
+//! what the L7 path costs over the L4 path. Most proxied requests have no
+//! body (GET, HEAD, DELETE, ...), and for them the exchange is short: write
+//! the head, read the response head, stream the response body. That is all
+//! this module does; requests with a body (whose body must be written while
+//! the response may already be arriving) and upgrades stay on hyper's
+//! connection.
+//!
+//! The response is framed per RFC 9112 §6.3: no body for `HEAD`, `1xx`,
+//! `204` and `304`; `Transfer-Encoding` (chunked last: chunked, else read to
+//! the close) over `Content-Length`; a `Content-Length` must be one number
+//! (repeated values must agree); with neither, the body lasts until the
+//! close. Interim `1xx` responses are skipped. A connection is reusable only
+//! when the response said so (HTTP/1.1 without `Connection: close`,
+//! HTTP/1.0 with `keep-alive`), its body was read to the end, no byte
+//! follows it, and it had no `Transfer-Encoding` next to a `Content-Length`.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use sync_wrapper::SyncWrapper;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Most header fields a response head (or a trailer section) may have.
+const MAX_HEADERS: usize = 100;
+/// Header fields parsed on the first try; more take a second parse.
+const FEW_HEADERS: usize = 24;
+/// Largest response head (and trailer section), in bytes.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line (size and extensions), in bytes.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Free space made in the read buffer before each read.
+const READ_SPACE: usize = 8 * 1024;
+
+/// Why an exchange failed. Each names what was wrong with the upstream's
+/// answer or the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the request head failed.
+    #[error("writing the request failed: {0}")]
+    Write(#[source] io::Error),
+    /// Reading from the connection failed.
+    #[error("reading the response failed: {0}")]
+    Read(#[source] io::Error),
+    /// The connection closed before a complete response head.
+    #[error("the connection closed before a complete response head ({0} bytes of it read)")]
+    ClosedBeforeHead(usize),
+    /// The response head is not HTTP/1.x.
+    #[error("invalid response head: {0}")]
+    InvalidHead(String),
+    /// The response head is larger than [`MAX_HEAD`].
+    #[error("the response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// `Content-Length` is not one decimal number.
+    #[error("invalid Content-Length {0:?}")]
+    InvalidContentLength(String),
+    /// A `101` answered a request that asked for no upgrade.
+    #[error("101 Switching Protocols answered a request without Upgrade")]
+    UnexpectedUpgrade,
+    /// The connection closed before `Content-Length` bytes of body.
+    #[error("the connection closed {0} bytes before the end of the response body")]
+    BodyTruncated(u64),
+    /// The connection closed inside a chunked body.
+    #[error("the connection closed inside the chunked response body")]
+    ChunkedTruncated,
+    /// The chunked body is malformed.
+    #[error("invalid chunked response body: {0}")]
+    InvalidChunk(&'static str),
+    /// The trailer section is malformed.
+    #[error("invalid response trailers: {0}")]
+    InvalidTrailers(String),
+}
+
+/// One HTTP/1.1 connection between exchanges: the byte stream and what was
+/// read from it but not used yet.
+pub struct Connection<IO> {
+    io: IO,
+    buf: BytesMut,
+}
+
+impl<IO> std::fmt::Debug for Connection<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
+    /// A connection over `io`, which nothing has been exchanged on yet.
+    pub fn new(io: IO) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry another request: the peer has
+    /// not closed it, and sent nothing it was not asked for. Never waits.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        // Pending: nothing to read and not closed. Anything else (the
+        // close, an error, or a byte nobody asked for) ends its use.
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+
+    /// The byte stream, for a client that takes the connection over. Only
+    /// for an idle connection (nothing is buffered then).
+    pub fn into_io(self) -> IO {
+        debug_assert!(self.buf.is_empty(), "an idle connection buffers nothing");
+        self.io
+    }
+
+    /// Sends a request that has no body, and reads the response head. The
+    /// response body reads the rest from the connection, which it hands
+    /// back ([`ResponseBody::take_reusable`]) once the exchange allows
+    /// another one.
+    pub async fn send(mut self, req: &Parts) -> Result<Response<ResponseBody<IO>>, Error> {
+        let head = encode_head(req);
+        self.io.write_all(&head).await.map_err(Error::Write)?;
+        self.io.flush().await.map_err(Error::Write)?;
+        let head = loop {
+            let head = self.read_head().await?;
+            match head.status.as_u16() {
+                101 => return Err(Error::UnexpectedUpgrade),
+                // Interim answers (100 Continue, 103 Early Hints): the final
+                // one follows.
+                100..=199 => continue,
+                _ => break head,
+            }
+        };
+        let no_body = req.method == Method::HEAD
+            || head.status == StatusCode::NO_CONTENT
+            || head.status == StatusCode::NOT_MODIFIED;
+        let (decode, keep_alive) = framing(&head, no_body)?;
+        let mut resp = Response::new(ResponseBody {
+            conn: Some(SyncWrapper::new(self)),
+            decode,
+            keep_alive,
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+
+    async fn read_head(&mut self) -> Result<Head, Error> {
+        loop {
+            if let Some(head) = self.parse_head()? {
+                return Ok(head);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(Error::HeadTooLarge);
+            }
+            let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
+            if read.map_err(Error::Read)? == 0 {
+                return Err(Error::ClosedBeforeHead(self.buf.len()));
+            }
+        }
+    }
+
+    /// Parses a complete head off the front of the buffer, if there is one.
+    fn parse_head(&mut self) -> Result<Option<Head>, Error> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        match parse_response(&self.buf, &mut few) {
+            Err(httparse::Error::TooManyHeaders) => {
+                let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let parsed = parse_response(&self.buf, &mut many)?;
+                Ok(parsed.map(|p| p.into_head(&mut self.buf)))
+            }
+            parsed => Ok(parsed?.map(|p| p.into_head(&mut self.buf))),
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` is the peer's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // `poll_read_buf` reads nothing into a full buffer: make room first.
+        self.buf.reserve(READ_SPACE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// A response head, parsed.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// What `httparse` found, as positions in the buffer.
+struct Parsed {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+    fields: Vec<(HeaderName, Range<usize>)>,
+}
+
+impl Parsed {
+    /// Takes the head off the front of `buf`; header values share its bytes.
+    fn into_head(self, buf: &mut BytesMut) -> Head {
+        let bytes = buf.split_to(self.len).freeze();
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name, range) in self.fields {
+            // httparse checked the value's bytes already.
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(range)) {
+                headers.append(name, value);
+            }
+        }
+        Head {
+            status: self.status,
+            version: self.version,
+            headers,
+        }
+    }
+}
+
+fn parse_response<'b>(
+    buf: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<Parsed>, httparse::Error> {
+    let mut resp = httparse::Response::new(headers);
+    let len = match resp.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(httparse::Error::Status)?;
+    let version = match resp.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| httparse::Error::HeaderName)?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start..start + h.value.len()));
+    }
+    Ok(Some(Parsed {
+        len,
+        status,
+        version,
+        fields,
+    }))
+}
+
+impl From<httparse::Error> for Error {
+    fn from(e: httparse::Error) -> Self {
+        match e {
+            httparse::Error::TooManyHeaders => {
+                Self::InvalidHead(format!("more than {MAX_HEADERS} header fields"))
+            }
+            e => Self::InvalidHead(e.to_string()),
+        }
+    }
+}
+
+/// The request head: request line, the header fields as they are, blank
+/// line. The caller has removed hop-by-hop fields; a request without a
+/// body needs no framing field.
+fn encode_head(req: &Parts) -> Vec<u8> {
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = if target.is_empty() { "/" } else { target };
+    let method = req.method.as_str();
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut head = Vec::with_capacity(method.len() + target.len() + 13 + fields);
+    head.extend_from_slice(method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &req.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// How the body after `head` is framed, and whether the connection may
+/// carry another exchange after it.
+fn framing(head: &Head, no_body: bool) -> Result<(Decode, bool), Error> {
+    let connection = |token: &str| {
+        head.headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let mut keep_alive = match head.version {
+        Version::HTTP_10 => connection("keep-alive"),
+        _ => !connection("close"),
+    };
+    if no_body {
+        return Ok((Decode::Done, keep_alive));
+    }
+    let encodings = head.headers.get_all(TRANSFER_ENCODING);
+    if encodings.iter().next().is_some() {
+        let chunked_last = encodings
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        // A Content-Length beside Transfer-Encoding is a sign of request
+        // smuggling: the connection is not used again (RFC 9112 §6.3).
+        if head.headers.contains_key(CONTENT_LENGTH) || head.version == Version::HTTP_10 {
+            keep_alive = false;
+        }
+        return Ok(if chunked_last {
+            (Decode::Chunked(Chunk::Size), keep_alive)
+        } else {
+            (Decode::Close, false)
+        });
+    }
+    match content_length(&head.headers)? {
+        Some(0) => Ok((Decode::Done, keep_alive)),
+        Some(n) => Ok((Decode::Length(n), keep_alive)),
+        None => Ok((Decode::Close, false)),
+    }
+}
+
+/// The one `Content-Length` of the head (repeated values must agree).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let invalid =
+            || Error::InvalidContentLength(String::from_utf8_lossy(value.as_bytes()).into());
+        let text = value.to_str().map_err(|_| invalid())?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let n: u64 = part.parse().map_err(|_| invalid())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// Where the body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    /// This many bytes to go.
+    Length(u64),
+    /// Until the peer closes.
+    Close,
+    /// Chunked transfer coding.
+    Chunked(Chunk),
+    /// The body is complete (or failed).
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data to go.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+/// A response body read from its connection, in the task that polls it.
+pub struct ResponseBody<IO> {
+    /// `None` once the connection was dropped (after a failure, or taken
+    /// back for reuse).
+    conn: Option<SyncWrapper<Connection<IO>>>,
+    decode: Decode,
+    keep_alive: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ResponseBody<IO> {
+    /// The connection, when the body was read to its end and the exchange
+    /// allows another one on it.
+    pub fn take_reusable(&mut self) -> Option<Connection<IO>> {
+        if self.decode != Decode::Done || !self.keep_alive {
+            return None;
+        }
+        let conn = self.conn.take()?.into_inner();
+        // Bytes after the end of the response were never asked for.
+        conn.buf.is_empty().then_some(conn)
+    }
+
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.decode = Decode::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// One step of the chunked decoder.
+    fn step_chunked(&mut self, chunk: Chunk) -> Result<Step, Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            self.decode = Decode::Done;
+            return Ok(Step::Moved);
+        };
+        let buf = &mut conn.get_mut().buf;
+        let (next, frame) = match chunk {
+            Chunk::Size => {
+                let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(Error::InvalidChunk("chunk-size line too long"));
+                    }
+                    return Ok(Step::NeedMore);
+                };
+                if lf == 0 || buf[lf - 1] != b'\r' {
+                    return Err(Error::InvalidChunk("chunk-size line not ended by CRLF"));
+                }
+                let size = chunk_size(&buf[..lf - 1])?;
+                buf.advance(lf + 1);
+                let next = match size {
+                    0 => Chunk::Trailers,
+                    size => Chunk::Data(size),
+                };
+                (Decode::Chunked(next), None)
+            }
+            Chunk::Data(rest) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = rest.min(buf.len() as u64);
+                let data = buf.split_to(n as usize).freeze();
+                let next = match rest - n {
+                    0 => Chunk::DataEnd,
+                    rest => Chunk::Data(rest),
+                };
+                (Decode::Chunked(next), Some(Frame::data(data)))
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::InvalidChunk("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                (Decode::Chunked(Chunk::Size), None)
+            }
+            Chunk::Trailers => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    (Decode::Done, None)
+                } else {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        if buf.len() > MAX_HEAD {
+                            return Err(Error::InvalidTrailers(format!(
+                                "larger than {MAX_HEAD} bytes"
+                            )));
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let section = buf.split_to(end + 4).freeze();
+                    (
+                        Decode::Done,
+                        Some(Frame::trailers(parse_trailers(&section)?)),
+                    )
+                }
+            }
+        };
+        self.decode = next;
+        Ok(frame.map_or(Step::Moved, Step::Frame))
+    }
+}
+
+/// What a step of the chunked decoder did.
+enum Step {
+    /// It decoded a frame.
+    Frame(Frame<Bytes>),
+    /// It moved the decoder on without a frame.
+    Moved,
+    /// It needs more bytes.
+    NeedMore,
+}
+
+/// The size of a chunk from its line (hex digits, then optional
+/// whitespace and extensions, which are ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(Error::InvalidChunk("chunk size is not hexadecimal"));
+    }
+    if digits > 16 {
+        return Err(Error::InvalidChunk("chunk size too large"));
+    }
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(Error::InvalidChunk("unexpected bytes after the chunk size"));
+    }
+    line[..digits]
+        .iter()
+        .try_fold(0u64, |n, &b| {
+            let d = (b as char).to_digit(16)?;
+            n.checked_mul(16)?.checked_add(u64::from(d))
+        })
+        .ok_or(Error::InvalidChunk("chunk size too large"))
+}
+
+fn parse_trailers(section: &Bytes) -> Result<HeaderMap, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let invalid = |e: &dyn std::fmt::Display| Error::InvalidTrailers(e.to_string());
+    let parsed = match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        Ok(httparse::Status::Partial) => return Err(invalid(&"incomplete")),
+        Err(e) => return Err(invalid(&e)),
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| invalid(&e))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|e| invalid(&e))?;
+        trailers.append(name, value);
+    }
+    Ok(trailers)
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<IO> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.decode {
+                Decode::Done => return Poll::Ready(None),
+                Decode::Length(rest) => {
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    let conn = conn.get_mut();
+                    if !conn.buf.is_empty() {
+                        let n = rest.min(conn.buf.len() as u64);
+                        let data = conn.buf.split_to(n as usize).freeze();
+                        this.decode = match rest - n {
+                            0 => Decode::Done,
+                            rest => Decode::Length(rest),
+                        };
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => return this.fail(Error::BodyTruncated(rest)),
+                        Ok(_) => {}
+                        Err(e) => return this.fail(Error::Read(e)),
+                    }
+                }
+                Decode::Close => {
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    let conn = conn.get_mut();
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            this.decode = Decode::Done;
+                            this.conn = None;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return this.fail(Error::Read(e)),
+                    }
+                }
+                Decode::Chunked(chunk) => match this.step_chunked(chunk) {
+                    Err(e) => return this.fail(e),
+                    Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                    Ok(Step::Moved) => {}
+                    Ok(Step::NeedMore) => {
+                        let Some(conn) = this.conn.as_mut() else {
+                            return Poll::Ready(None);
+                        };
+                        match ready!(conn.get_mut().poll_fill(cx)) {
+                            Ok(0) => return this.fail(Error::ChunkedTruncated),
+                            Ok(_) => {}
+                            Err(e) => return this.fail(Error::Read(e)),
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decode == Decode::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Done => SizeHint::with_exact(0),
+            Decode::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
+    use super::*;
+
+    /// A request head with no body.
+    fn get(method: Method, target: &str) -> Parts {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "svc.mesh")
+            .header("x-trace", "a")
+            .header("x-trace", "b")
+            .body(())
+            .expect("request");
+        req.headers_mut()
+            .insert("accept", HeaderValue::from_static("*/*"));
+        req.into_parts().0
+    }
+
+    /// Reads one request head off the server's side of the pipe.
+    async fn read_request(server: &mut DuplexStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                server.read(&mut byte).await.expect("read"),
+                1,
+                "request head cut"
+            );
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).expect("ascii head")
+    }
+
+    /// What the client got: head, data, trailers.
+    struct Got {
+        status: StatusCode,
+        version: Version,
+        headers: HeaderMap,
+        data: Vec<u8>,
+        trailers: Option<HeaderMap>,
+        /// The connection, if the exchange left it reusable.
+        reusable: Option<Connection<DuplexStream>>,
+    }
+
+    async fn read_all(resp: Response<ResponseBody<DuplexStream>>) -> Result<Got, Error> {
+        let (head, mut body) = resp.into_parts();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        Ok(Got {
+            status: head.status,
+            version: head.version,
+            headers: head.headers,
+            data,
+            trailers,
+            reusable: body.take_reusable(),
+        })
+    }
+
+    /// One exchange: the server answers `answer` in pieces of `piece`
+    /// bytes, then closes if `close`.
+    async fn exchange_on(
+        conn: Connection<DuplexStream>,
+        server: &mut DuplexStream,
+        req: &Parts,
+        answer: &[u8],
+        piece: usize,
+    ) -> Result<Got, Error> {
+        let answer = answer.to_vec();
+        let client = async {
+            let resp = conn.send(req).await?;
+            read_all(resp).await
+        };
+        let serve = async {
+            read_request(server).await;
+            for part in answer.chunks(piece) {
+                // The client stops reading at the first error.
+                if server.write_all(part).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let (got, ()) = tokio::join!(client, serve);
+        got
+    }
+
+    async fn exchange(answer: &[u8], close: bool) -> Result<Got, Error> {
+        exchange_method(Method::GET, answer, close).await
+    }
+
+    async fn exchange_method(method: Method, answer: &[u8], close: bool) -> Result<Got, Error> {
+        let (client, mut server) = duplex(64 * 1024);
+        let conn = Connection::new(client);
+        let req = get(method, "/p?q=1");
+        if close {
+            let answer = answer.to_vec();
+            let serve = async move {
+                read_request(&mut server).await;
+                // The client stops reading at the first error.
+                let _ = server.write_all(&answer).await;
+                drop(server);
+            };
+            let client = async {
+                let resp = conn.send(&req).await?;
+                read_all(resp).await
+            };
+            let (got, ()) = tokio::join!(client, serve);
+            return got;
+        }
+        let got = exchange_on(conn, &mut server, &req, answer, usize::MAX).await;
+        // Keep the server's end open until the client is done with it.
+        drop(server);
+        got
+    }
+
+    #[tokio::test]
+    async fn the_request_head_carries_method_target_and_every_field() {
+        let (client, mut server) = duplex(4096);
+        let req = get(Method::DELETE, "/items/7?force=true");
+        let serve = async {
+            let head = read_request(&mut server).await;
+            server
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .expect("answer");
+            head
+        };
+        let (got, head) = tokio::join!(Connection::new(client).send(&req), serve);
+        assert_eq!(got.expect("response").status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            head,
+            "DELETE /items/7?force=true HTTP/1.1\r\nhost: svc.mesh\r\nx-trace: a\r\nx-trace: b\r\naccept: */*\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn content_length_bodies_are_read_and_the_connection_is_reused() {
+        let (client, mut server) = duplex(64 * 1024);
+        let req = get(Method::GET, "/");
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-A: 1\r\n\r\nhello world";
+        // Byte by byte: the head and body arrive in many reads.
+        let got = exchange_on(Connection::new(client), &mut server, &req, answer, 1)
+            .await
+            .expect("first exchange");
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.version, Version::HTTP_11);
+        assert_eq!(got.headers["x-a"], "1");
+        assert_eq!(got.data, b"hello world");
+        let mut conn = got.reusable.expect("kept alive");
+        assert!(conn.is_usable());
+        let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\ngone";
+        let got = exchange_on(conn, &mut server, &req, answer, usize::MAX)
+            .await
+            .expect("second exchange on the same connection");
+        assert_eq!(got.status, StatusCode::NOT_FOUND);
+        assert_eq!(got.data, b"gone");
+        assert!(got.reusable.is_some());
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_keep_their_data_and_trailers() {
+        let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\n1 \r\n \r\n5\r\nworld\r\n0\r\nGrpc-Status: 0\r\nx-t: yes\r\n\r\n";
+        let got = exchange(answer, false).await.expect("chunked");
+        assert_eq!(got.data, b"hello world");
+        let trailers = got.trailers.expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-t"], "yes");
+        assert!(
+            got.reusable.is_some(),
+            "a complete chunked body keeps the connection"
+        );
+
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let got = exchange(answer, false).await.expect("chunked");
+        assert_eq!(got.data, b"abc");
+        assert!(got.trailers.is_none());
+        assert!(got.reusable.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_lasts_until_the_close() {
+        let got = exchange(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true)
+            .await
+            .expect("close-delimited");
+        assert_eq!(got.data, b"until the end");
+        assert!(got.reusable.is_none(), "the connection closed");
+
+        // A transfer coding other than chunked last: read to the close too.
+        let got = exchange(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzz",
+            true,
+        )
+        .await
+        .expect("close-delimited");
+        assert_eq!(got.data, b"zz");
+        assert!(got.reusable.is_none());
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body() {
+        let got = exchange_method(
+            Method::HEAD,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            false,
+        )
+        .await
+        .expect("HEAD");
+        assert_eq!(got.headers["content-length"], "5");
+        assert!(got.data.is_empty());
+        assert!(got.reusable.is_some());
+        for answer in [
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n",
+        ] {
+            let got = exchange(answer, false).await.expect("no body");
+            assert!(got.data.is_empty());
+            assert!(got.reusable.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped_and_101_is_refused() {
+        let got = exchange(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        )
+        .await
+        .expect("final response");
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(!got.headers.contains_key("link"));
+        assert_eq!(got.data, b"ok");
+
+        let err = exchange(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            false,
+        )
+        .await
+        .err()
+        .expect("an unasked upgrade");
+        assert!(matches!(err, Error::UnexpectedUpgrade), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_only_when_the_response_allows_it() {
+        let cases: [(&[u8], bool, &str); 6] = [
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true, "HTTP/1.1 default"),
+            (
+                b"HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n",
+                false,
+                "Connection: close",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nconnection: foo, close\r\ncontent-length: 0\r\n\r\n",
+                false,
+                "close among other tokens",
+            ),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false, "HTTP/1.0 default"),
+            (
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
+                true,
+                "HTTP/1.0 keep-alive",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                false,
+                "Transfer-Encoding beside Content-Length",
+            ),
+        ];
+        for (answer, reusable, case) in cases {
+            let got = exchange(answer, false).await.expect(case);
+            assert_eq!(got.reusable.is_some(), reusable, "{case}");
+        }
+        // Transfer-Encoding wins over Content-Length for the framing.
+        let got = exchange(cases[5].0, false).await.expect("chunked");
+        assert_eq!(got.data, b"ok");
+
+        // Bytes nobody asked for after the response.
+        let got = exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxEXTRA", false)
+            .await
+            .expect("response");
+        assert_eq!(got.data, b"x");
+        assert!(got.reusable.is_none(), "bytes followed the response");
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors_that_say_what_was_wrong() {
+        let cases: [(&[u8], bool, &str); 9] = [
+            (b"HTTP/1.1 2x0 OK\r\n\r\n", false, "invalid response head"),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", false, "invalid response head"),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello",
+                false,
+                "invalid Content-Length \"5, 6\"",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+                false,
+                "invalid Content-Length \"-1\"",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                false,
+                "chunk size is not hexadecimal",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokX\r\n",
+                false,
+                "chunk data not followed by CRLF",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n11111111111111111\r\n",
+                false,
+                "chunk size too large",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
+                true,
+                "closed 6 bytes before the end of the response body",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+                true,
+                "closed inside the chunked response body",
+            ),
+        ];
+        for (answer, close, message) in cases {
+            let err = exchange(answer, close).await.err().expect(message);
+            assert!(
+                err.to_string().contains(message),
+                "{err} (expected {message})"
+            );
+        }
+        let err = exchange(b"HTTP/1.1 200 O", true)
+            .await
+            .err()
+            .expect("cut head");
+        assert!(matches!(err, Error::ClosedBeforeHead(14)), "{err}");
+
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while huge.len() <= MAX_HEAD {
+            huge.extend_from_slice(b"x-filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        let err = exchange(&huge, false).await.err().expect("huge head");
+        assert!(
+            matches!(err, Error::HeadTooLarge | Error::InvalidHead(_)),
+            "{err}"
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let err = exchange(&many, false).await.err().expect("too many fields");
+        assert!(
+            err.to_string().contains("more than 100 header fields"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn more_fields_than_the_first_parse_expects_are_kept() {
+        let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
+        for i in 0..FEW_HEADERS * 2 {
+            answer.extend_from_slice(format!("x-{i}: {i}\r\n").as_bytes());
+        }
+        answer.extend_from_slice(b"\r\n");
+        let got = exchange(&answer, false).await.expect("many fields");
+        assert_eq!(got.headers.len(), FEW_HEADERS * 2 + 1);
+        assert_eq!(got.headers["x-40"], "40");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_peer_closed_or_wrote_to_is_not_usable() {
+        let (client, server) = duplex(1024);
+        let mut conn = Connection::new(client);
+        assert!(conn.is_usable());
+        drop(server);
+        assert!(!conn.is_usable(), "closed by the peer");
+
+        let (client, mut server) = duplex(1024);
+        let mut conn = Connection::new(client);
+        server
+            .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(!conn.is_usable(), "bytes nobody asked for");
+    }
+}
