@@ -43,8 +43,10 @@ const FEW_HEADERS: usize = 24;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line (size and extensions), in bytes.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Free space made in the read buffer before each read.
+/// The read buffer's allocations (a response's bytes share them).
 const READ_SPACE: usize = 8 * 1024;
+/// Below this much free space, a read first makes [`READ_SPACE`] more.
+const MIN_READ_SPACE: usize = 1024;
 
 /// Why an exchange failed. Each names what was wrong with the upstream's
 /// answer or the connection.
@@ -133,8 +135,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     }
 
     /// Sends a request that has no body, and reads the response head. The
-    /// response body reads the rest from the connection, which it hands
-    /// back ([`ResponseBody::take_reusable`]) once the exchange allows
+    /// response body reads the rest from the connection, and hands it to
+    /// [`ResponseBody::on_reusable`]'s function once the exchange allows
     /// another one.
     pub async fn send(mut self, req: &Parts) -> Result<Response<ResponseBody<IO>>, Error> {
         let head = encode_head(req);
@@ -158,6 +160,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             conn: Some(SyncWrapper::new(self)),
             decode,
             keep_alive,
+            on_reusable: None,
         });
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
@@ -199,7 +202,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// Reads more into the buffer; `Ok(0)` is the peer's close.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // `poll_read_buf` reads nothing into a full buffer: make room first.
-        self.buf.reserve(READ_SPACE);
+        // Not on every read: what is left of the allocation after earlier
+        // responses were split off is used first (a new one costs more).
+        if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
+            self.buf.reserve(READ_SPACE);
+        }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
@@ -294,7 +301,8 @@ fn encode_head(req: &Parts) -> Vec<u8> {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    let mut head = Vec::with_capacity(method.len() + target.len() + 13 + fields);
+    // "<method> <target> HTTP/1.1\r\n", the fields, "\r\n".
+    let mut head = Vec::with_capacity(method.len() + 1 + target.len() + 11 + fields + 2);
     head.extend_from_slice(method.as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -306,6 +314,7 @@ fn encode_head(req: &Parts) -> Vec<u8> {
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    debug_assert_eq!(head.len(), head.capacity(), "the head's size is known");
     head
 }
 
@@ -398,16 +407,37 @@ enum Chunk {
     Trailers,
 }
 
+/// Where a connection goes when its exchange is over and it may carry
+/// another one (a pool, a slot).
+pub type OnReusable<IO> = Box<dyn FnOnce(Connection<IO>) + Send + Sync>;
+
 /// A response body read from its connection, in the task that polls it.
 pub struct ResponseBody<IO> {
-    /// `None` once the connection was dropped (after a failure, or taken
+    /// `None` once the connection was dropped (after a failure, or handed
     /// back for reuse).
     conn: Option<SyncWrapper<Connection<IO>>>,
     decode: Decode,
     keep_alive: bool,
+    on_reusable: Option<OnReusable<IO>>,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> ResponseBody<IO> {
+impl<IO> Drop for ResponseBody<IO> {
+    fn drop(&mut self) {
+        // Readers often drop a body right after its last byte, without
+        // polling for its end.
+        self.hand_back();
+    }
+}
+
+impl<IO> ResponseBody<IO> {
+    /// Hands the connection to `f` once the body was read to its end and
+    /// the exchange allows another one on it (right away if it already
+    /// was). Never called when the connection cannot be reused.
+    pub fn on_reusable(&mut self, f: OnReusable<IO>) {
+        self.on_reusable = Some(f);
+        self.hand_back();
+    }
+
     /// The connection, when the body was read to its end and the exchange
     /// allows another one on it.
     pub fn take_reusable(&mut self) -> Option<Connection<IO>> {
@@ -417,6 +447,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ResponseBody<IO> {
         let conn = self.conn.take()?.into_inner();
         // Bytes after the end of the response were never asked for.
         conn.buf.is_empty().then_some(conn)
+    }
+
+    fn hand_back(&mut self) {
+        if self.on_reusable.is_some()
+            && let Some(conn) = self.take_reusable()
+            && let Some(f) = self.on_reusable.take()
+        {
+            f(conn);
+        }
     }
 
     fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
@@ -564,7 +603,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<IO> {
         let this = self.get_mut();
         loop {
             match this.decode {
-                Decode::Done => return Poll::Ready(None),
+                Decode::Done => {
+                    this.hand_back();
+                    return Poll::Ready(None);
+                }
                 Decode::Length(rest) => {
                     let Some(conn) = this.conn.as_mut() else {
                         return Poll::Ready(None);

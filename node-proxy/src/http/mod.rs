@@ -23,7 +23,7 @@
 
 mod body;
 mod filters;
-mod h1;
+pub(crate) mod h1;
 mod matching;
 mod metrics;
 mod pool;

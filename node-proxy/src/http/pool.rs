@@ -402,23 +402,23 @@ impl Pool {
             }
             Sender::Lean(conn) => {
                 let (parts, _) = req.into_parts();
-                let resp = conn.send(&parts).await.map_err(|source| {
+                let mut resp = conn.send(&parts).await.map_err(|source| {
                     self.prune(&key);
                     UpstreamError::Exchange { addr, source }
                 })?;
-                let (head, body) = resp.into_parts();
-                let mut body = LeanBody {
-                    body,
-                    pool: Arc::downgrade(self),
-                    key,
-                    connector: connector.clone(),
-                };
-                if body.body.is_end_stream() {
-                    // No body to read (HEAD, 204, 304, length 0): back now.
-                    body.give_back();
-                    return Ok(Response::from_parts(head, empty()));
+                let pool = Arc::downgrade(self);
+                let connector = connector.clone();
+                resp.body_mut().on_reusable(Box::new(move |conn| {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.checkin(key, &connector, Sender::Lean(conn));
+                    }
+                }));
+                if resp.body().is_end_stream() {
+                    // No body to read (HEAD, 204, 304, length 0): the
+                    // connection is back in the pool already.
+                    return Ok(resp.map(|_| empty()));
                 }
-                Ok(Response::from_parts(head, boxed(body)))
+                Ok(resp.map(boxed))
             }
         }
     }
@@ -537,55 +537,5 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// A response body read by the caller's task over a pooled connection;
-/// the connection goes back to the pool when the body is complete, also
-/// when the reader drops it right after the last byte.
-struct LeanBody {
-    body: h1::ResponseBody<Box<dyn Io>>,
-    pool: Weak<Pool>,
-    key: Key,
-    connector: Arc<dyn UpstreamConnector>,
-}
-
-impl LeanBody {
-    fn give_back(&mut self) {
-        if let Some(conn) = self.body.take_reusable()
-            && let Some(pool) = self.pool.upgrade()
-        {
-            pool.checkin(self.key.clone(), &self.connector, Sender::Lean(conn));
-        }
-    }
-}
-
-impl Drop for LeanBody {
-    fn drop(&mut self) {
-        self.give_back();
-    }
-}
-
-impl Body for LeanBody {
-    type Data = Bytes;
-    type Error = h1::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.give_back();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

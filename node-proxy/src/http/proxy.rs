@@ -183,6 +183,24 @@ struct Plan<'a> {
 /// `Transfer-Encoding`, and `TE` other than `trailers`; an upgrade keeps
 /// `Connection: upgrade` and `Upgrade`. Also used by the inbound side.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    // Most messages have none: one pass over the names instead of a lookup
+    // per hop-by-hop name. (Fields listed in `Connection` need it too.)
+    let hop_by_hop = |n: &HeaderName| {
+        [
+            &CONNECTION,
+            &UPGRADE,
+            &TRANSFER_ENCODING,
+            &TE,
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+        ]
+        .contains(&n)
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -199,7 +217,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(CONNECTION);
         headers.remove(UPGRADE);
     }
-    for name in ["keep-alive", "proxy-connection"] {
+    for name in [KEEP_ALIVE, PROXY_CONNECTION] {
         headers.remove(name);
     }
     headers.remove(TRANSFER_ENCODING);

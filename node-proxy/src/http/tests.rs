@@ -372,3 +372,53 @@ fn backoff_grows_within_bounds_never_below_the_base() {
         "{capped:?}"
     );
 }
+
+#[test]
+fn hop_by_hop_fields_are_stripped_and_end_to_end_ones_kept() {
+    let headers = |fields: &[(&str, &str)]| {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    };
+    let names = |map: &HeaderMap| {
+        let mut names: Vec<String> = map.keys().map(|n| n.as_str().to_owned()).collect();
+        names.sort();
+        names
+    };
+    let message = [
+        ("host", "echo"),
+        ("connection", "keep-alive, x-private"),
+        ("x-private", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("te", "gzip"),
+        ("upgrade", "websocket"),
+        ("content-length", "3"),
+        ("x-kept", "2"),
+    ];
+    let mut stripped = headers(&message);
+    super::strip_hop_by_hop(&mut stripped, false);
+    assert_eq!(names(&stripped), ["content-length", "host", "x-kept"]);
+
+    // An upgrade keeps `Connection` and `Upgrade`; `TE: trailers` stays.
+    let mut upgrade = headers(&[
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("te", "trailers"),
+        ("keep-alive", "1"),
+    ]);
+    super::strip_hop_by_hop(&mut upgrade, true);
+    assert_eq!(names(&upgrade), ["connection", "te", "upgrade"]);
+
+    // Nothing to strip: untouched.
+    let plain = headers(&[("host", "echo"), ("accept", "*/*"), ("x-a", "1")]);
+    let mut same = plain.clone();
+    super::strip_hop_by_hop(&mut same, false);
+    assert_eq!(same, plain);
+}

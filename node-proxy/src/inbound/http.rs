@@ -11,10 +11,12 @@
 //! allowed one is forwarded to the app in the pod's network namespace over
 //! this stream's own upstream connection, opened on the first allowed
 //! request with the bypass mark and reused while it stays open: HTTP/1.1
-//! requests one after another, HTTP/2 requests multiplexed on one
-//! connection (the app speaks what the client speaks). Bodies and trailers
-//! (gRPC) are streamed through; upgrades (WebSocket) get a dedicated
-//! upstream connection and are spliced after the `101`.
+//! requests one after another (one without a body exchanged by this
+//! stream's task itself, [`crate::http::h1`]; one with a body through
+//! hyper's client, which then takes the connection over), HTTP/2 requests
+//! multiplexed on one connection (the app speaks what the client speaks).
+//! Bodies and trailers (gRPC) are streamed through; upgrades (WebSocket)
+//! get a dedicated upstream connection and are spliced after the `101`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,16 +30,17 @@ use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{InboundStats, policies};
 use crate::authz::{self, Connection, Decision, HttpRequest};
 use crate::discovery::NodeConfig;
-use crate::http::{BoxError, HttpBody, boxed, empty, full, is_grpc, is_upgrade};
+use crate::http::{BoxError, HttpBody, boxed, empty, full, h1, is_grpc, is_upgrade};
 use crate::inpod::NetnsHandle;
 use crate::tunnel::{Io, ServeStream};
 
@@ -94,7 +97,7 @@ impl HttpStream {
         );
         let server = Arc::new(Server {
             stream: self,
-            upstream: tokio::sync::Mutex::new(None),
+            upstream: Slot::default(),
         });
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let server = server.clone();
@@ -125,7 +128,12 @@ impl ServeStream for HttpStream {
 enum Sender {
     H1(http1::SendRequest<Incoming>),
     H2(http2::SendRequest<Incoming>),
+    /// Idle, for this stream's task to exchange the next request on.
+    Lean(h1::Connection<TcpStream>),
 }
+
+/// The stream's upstream connection between requests.
+type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
 
 /// Why a request was answered here instead of by the app.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +152,7 @@ enum LocalReply {
     Upstream {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: BoxError,
     },
 }
 
@@ -217,7 +225,7 @@ struct Server {
     /// The upstream connection reused by this stream's requests. A tokio
     /// mutex: it is held while a connection is opened, so concurrent HTTP/2
     /// requests share the one they wait for.
-    upstream: tokio::sync::Mutex<Option<Sender>>,
+    upstream: Slot,
 }
 
 impl Server {
@@ -284,8 +292,13 @@ impl Server {
         }
         strip_hop_by_hop(req.headers_mut(), false);
         let addr = self.stream.target;
-        let upstream = |source| LocalReply::Upstream { addr, source };
-        let mut resp = match self.sender(req.version() == Version::HTTP_2).await? {
+        let upstream = |source: hyper::Error| LocalReply::Upstream {
+            addr,
+            source: source.into(),
+        };
+        let h2 = req.version() == Version::HTTP_2;
+        let bodyless = !h2 && req.body().is_end_stream();
+        let mut resp = match self.sender(h2, bodyless).await? {
             Sender::H2(mut sender) => sender.send_request(req).await.map_err(upstream)?,
             Sender::H1(mut sender) => {
                 let resp = sender.send_request(req).await.map_err(upstream)?;
@@ -294,6 +307,31 @@ impl Server {
                 *self.upstream.lock().await = Some(Sender::H1(sender));
                 resp
             }
+            Sender::Lean(conn) => {
+                let (parts, _) = req.into_parts();
+                let mut resp = conn
+                    .send(&parts)
+                    .await
+                    .map_err(|source| LocalReply::Upstream {
+                        addr,
+                        source: source.into(),
+                    })?;
+                // Back for the next request once this response is read.
+                let slot = self.upstream.clone();
+                resp.body_mut().on_reusable(Box::new(move |conn| {
+                    if let Ok(mut slot) = slot.try_lock()
+                        && slot.is_none()
+                    {
+                        *slot = Some(Sender::Lean(conn));
+                    }
+                }));
+                strip_hop_by_hop(resp.headers_mut(), false);
+                return Ok(if resp.body().is_end_stream() {
+                    resp.map(|_| empty())
+                } else {
+                    resp.map(boxed)
+                });
+            }
         };
         strip_hop_by_hop(resp.headers_mut(), false);
         Ok(resp.map(boxed))
@@ -301,15 +339,19 @@ impl Server {
 
     /// A sender for the next request: the stream's connection if it is
     /// still usable, else a new one.
-    async fn sender(&self, h2: bool) -> Result<Sender, LocalReply> {
+    async fn sender(&self, h2: bool, bodyless: bool) -> Result<Sender, LocalReply> {
         let mut slot = self.upstream.lock().await;
-        if let Some(sender) = reusable(slot.take(), h2).await {
-            if let Sender::H2(shared) = &sender {
+        let io = match reusable(slot.take(), h2).await {
+            Some(Sender::H2(shared)) => {
                 *slot = Some(Sender::H2(shared.clone()));
+                return Ok(Sender::H2(shared));
             }
-            return Ok(sender);
-        }
-        let io = self.connect().await?;
+            // hyper takes the idle connection over: it writes the body
+            // while the response may already arrive.
+            Some(Sender::Lean(conn)) if !bodyless => TokioIo::new(conn.into_io()),
+            Some(sender) => return Ok(sender),
+            None => self.connect().await?,
+        };
         let addr = self.stream.target;
         let failed = |e: hyper::Error| LocalReply::Connect {
             addr,
@@ -323,6 +365,8 @@ impl Server {
             tokio::spawn(conn.in_current_span());
             *slot = Some(Sender::H2(sender.clone()));
             Ok(Sender::H2(sender))
+        } else if bodyless {
+            Ok(Sender::Lean(h1::Connection::new(io.into_inner())))
         } else {
             let (sender, conn) = http1::handshake(io).await.map_err(failed)?;
             tokio::spawn(conn.in_current_span());
@@ -331,7 +375,7 @@ impl Server {
     }
 
     /// Opens a connection to the app from inside the pod.
-    async fn connect(&self) -> Result<TokioIo<tokio::net::TcpStream>, LocalReply> {
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, LocalReply> {
         let s = &self.stream;
         let tcp = s
             .pod
@@ -367,7 +411,10 @@ impl Server {
         let mut resp = sender
             .send_request(req)
             .await
-            .map_err(|source| LocalReply::Upstream { addr, source })?;
+            .map_err(|source| LocalReply::Upstream {
+                addr,
+                source: source.into(),
+            })?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(resp.headers_mut(), false);
             return Ok(resp.map(boxed));
@@ -404,6 +451,7 @@ async fn reusable(previous: Option<Sender>, h2: bool) -> Option<Sender> {
     match previous? {
         Sender::H2(sender) if h2 && !sender.is_closed() => Some(Sender::H2(sender)),
         Sender::H1(mut sender) if !h2 => sender.ready().await.ok().map(|()| Sender::H1(sender)),
+        Sender::Lean(mut conn) if !h2 => conn.is_usable().then_some(Sender::Lean(conn)),
         _ => None,
     }
 }

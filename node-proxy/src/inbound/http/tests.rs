@@ -247,12 +247,21 @@ async fn send(
     method: &str,
     path: &str,
 ) -> (StatusCode, String) {
+    send_body(sender, method, path, b"payload").await
+}
+
+async fn send_body(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: &'static [u8],
+) -> (StatusCode, String) {
     sender.ready().await.expect("connection ready");
     let req = Request::builder()
         .method(method)
         .uri(path)
         .header("host", "api.shop")
-        .body(Full::new(Bytes::from_static(b"payload")))
+        .body(Full::new(Bytes::from_static(body)))
         .expect("request");
     let resp = sender.send_request(req).await.expect("response");
     let status = resp.status();
@@ -292,13 +301,26 @@ async fn http_port_requests_are_authorized_one_by_one_on_a_kept_alive_stream() {
         (StatusCode::OK, "GET /api/y".into()),
         "forwarded as normalized and authorized"
     );
+    // Requests without a body (exchanged by the stream's task) and with one
+    // (hyper's client takes the idle connection over) share it too.
+    for (body, path) in [
+        (&b""[..], "/api/a"),
+        (b"", "/api/b"),
+        (b"x", "/api/c"),
+        (b"", "/api/d"),
+    ] {
+        assert_eq!(
+            send_body(&mut client, "GET", path, body).await,
+            (StatusCode::OK, format!("GET {path}")),
+        );
+    }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         1,
         "one upstream connection, reused by the stream's requests"
     );
     let stats = handler.stats();
-    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 6);
     assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 3);
 
     // Another identity: the L4 part of the rule does not match.
