@@ -30,7 +30,9 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
+};
 use hyper::body::{Body, Frame, SizeHint};
 use sync_wrapper::SyncWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -39,8 +41,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 const MAX_HEADERS: usize = 100;
 /// Header fields parsed on the first try; more take a second parse.
 const FEW_HEADERS: usize = 24;
-/// Largest response head (and trailer section), in bytes.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Most fields a trailer section may have (as hyper).
+const MAX_TRAILERS: usize = 1024;
+/// Largest response head (and trailer section), in bytes: hyper's client
+/// limit, so no answer it took is refused here.
+pub const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Longest chunk-size line (size and extensions), in bytes.
 const MAX_CHUNK_LINE: usize = 4096;
 /// The read buffer's allocations (a response's bytes share them).
@@ -73,6 +78,9 @@ pub enum Error {
     /// A `101` answered a request that asked for no upgrade.
     #[error("101 Switching Protocols answered a request without Upgrade")]
     UnexpectedUpgrade,
+    /// The request is not one this client carries (see [`fits`]).
+    #[error("{0} requests are not exchanged by the lean client")]
+    Unsupported(&'static str),
     /// The connection closed before `Content-Length` bytes of body.
     #[error("the connection closed {0} bytes before the end of the response body")]
     BodyTruncated(u64),
@@ -85,6 +93,28 @@ pub enum Error {
     /// The trailer section is malformed.
     #[error("invalid response trailers: {0}")]
     InvalidTrailers(String),
+}
+
+impl Error {
+    /// Whether the exchange failed on the connection (closed, reset, could
+    /// not write), not on an answer the upstream chose to give: only those
+    /// are worth another attempt.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Write(_) | Self::Read(_) | Self::ClosedBeforeHead(_)
+        )
+    }
+}
+
+/// Whether this client can carry `req`: HTTP/1.1 in origin form, without a
+/// body, and not `CONNECT` (whose `2xx` turns the connection into a tunnel).
+/// Everything else goes through hyper's client.
+pub fn fits<B: Body>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.method() != Method::CONNECT
+        && req.uri().authority().is_none()
+        && req.body().is_end_stream()
 }
 
 /// One HTTP/1.1 connection between exchanges: the byte stream and what was
@@ -139,10 +169,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// [`ResponseBody::on_reusable`]'s function once the exchange allows
     /// another one.
     pub async fn send(mut self, req: &Parts) -> Result<Response<ResponseBody<IO>>, Error> {
+        if req.method == Method::CONNECT {
+            return Err(Error::Unsupported("CONNECT"));
+        }
         let head = encode_head(req);
         self.io.write_all(&head).await.map_err(Error::Write)?;
         self.io.flush().await.map_err(Error::Write)?;
-        let head = loop {
+        let mut head = loop {
             let head = self.read_head().await?;
             match head.status.as_u16() {
                 101 => return Err(Error::UnexpectedUpgrade),
@@ -155,7 +188,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let no_body = req.method == Method::HEAD
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED;
-        let (decode, keep_alive) = framing(&head, no_body)?;
+        let (decode, keep_alive) = framing(&mut head.headers, head.version, no_body)?;
         let mut resp = Response::new(ResponseBody {
             conn: Some(SyncWrapper::new(self)),
             decode,
@@ -165,6 +198,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
+        *resp.extensions_mut() = head.extensions;
         Ok(resp)
     }
 
@@ -189,13 +223,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             return Ok(None);
         }
         let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-        match parse_response(&self.buf, &mut few) {
+        let parsed = match parse_response(&self.buf, &mut few) {
             Err(httparse::Error::TooManyHeaders) => {
                 let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let parsed = parse_response(&self.buf, &mut many)?;
-                Ok(parsed.map(|p| p.into_head(&mut self.buf)))
+                parse_response(&self.buf, &mut many)?
             }
-            parsed => Ok(parsed?.map(|p| p.into_head(&mut self.buf))),
+            parsed => parsed?,
+        };
+        match parsed {
+            // The same limit whether the head came in one read or in many.
+            Some(parsed) if parsed.len > MAX_HEAD => Err(Error::HeadTooLarge),
+            Some(parsed) => parsed.into_head(&mut self.buf).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -216,6 +255,9 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// A reason phrase other than the status code's own, kept the way
+    /// hyper keeps it ([`hyper::ext::ReasonPhrase`]), so the client sees it.
+    extensions: Extensions,
 }
 
 /// What `httparse` found, as positions in the buffer.
@@ -223,25 +265,32 @@ struct Parsed {
     len: usize,
     status: StatusCode,
     version: Version,
+    reason: Option<Range<usize>>,
     fields: Vec<(HeaderName, Range<usize>)>,
 }
 
 impl Parsed {
     /// Takes the head off the front of `buf`; header values share its bytes.
-    fn into_head(self, buf: &mut BytesMut) -> Head {
+    fn into_head(self, buf: &mut BytesMut) -> Result<Head, Error> {
         let bytes = buf.split_to(self.len).freeze();
         let mut headers = HeaderMap::with_capacity(self.fields.len());
         for (name, range) in self.fields {
-            // httparse checked the value's bytes already.
-            if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(range)) {
-                headers.append(name, value);
-            }
+            let value = HeaderValue::from_maybe_shared(bytes.slice(range))
+                .map_err(|_| Error::InvalidHead(format!("invalid value of header field {name}")))?;
+            headers.append(name, value);
         }
-        Head {
+        let mut extensions = Extensions::new();
+        if let Some(range) = self.reason
+            && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(bytes.slice(range))
+        {
+            extensions.insert(reason);
+        }
+        Ok(Head {
             status: self.status,
             version: self.version,
             headers,
-        }
+            extensions,
+        })
     }
 }
 
@@ -263,6 +312,13 @@ fn parse_response<'b>(
         _ => Version::HTTP_11,
     };
     let base = buf.as_ptr() as usize;
+    let reason = resp
+        .reason
+        .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason())
+        .map(|r| {
+            let start = r.as_ptr() as usize - base;
+            start..start + r.len()
+        });
     let mut fields = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let name =
@@ -274,6 +330,7 @@ fn parse_response<'b>(
         len,
         status,
         version,
+        reason,
         fields,
     }))
 }
@@ -318,23 +375,26 @@ fn encode_head(req: &Parts) -> Vec<u8> {
     head
 }
 
-/// How the body after `head` is framed, and whether the connection may
-/// carry another exchange after it.
-fn framing(head: &Head, no_body: bool) -> Result<(Decode, bool), Error> {
+/// How the body after a head with `headers` is framed, and whether the
+/// connection may carry another exchange after it.
+fn framing(
+    headers: &mut HeaderMap,
+    version: Version,
+    no_body: bool,
+) -> Result<(Decode, bool), Error> {
     let connection = |token: &str| {
-        head.headers.get_all(CONNECTION).iter().any(|v| {
+        headers.get_all(CONNECTION).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    let mut keep_alive = match head.version {
-        Version::HTTP_10 => connection("keep-alive"),
-        _ => !connection("close"),
-    };
+    // `close` wins; HTTP/1.0 keeps the connection only when asked to.
+    let mut keep_alive =
+        !connection("close") && (version != Version::HTTP_10 || connection("keep-alive"));
     if no_body {
         return Ok((Decode::Done, keep_alive));
     }
-    let encodings = head.headers.get_all(TRANSFER_ENCODING);
+    let encodings = headers.get_all(TRANSFER_ENCODING);
     if encodings.iter().next().is_some() {
         let chunked_last = encodings
             .iter()
@@ -343,8 +403,9 @@ fn framing(head: &Head, no_body: bool) -> Result<(Decode, bool), Error> {
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
         // A Content-Length beside Transfer-Encoding is a sign of request
-        // smuggling: the connection is not used again (RFC 9112 §6.3).
-        if head.headers.contains_key(CONTENT_LENGTH) || head.version == Version::HTTP_10 {
+        // smuggling: the connection is not used again, and the length is
+        // not passed on (RFC 9112 §6.3).
+        if headers.remove(CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
             keep_alive = false;
         }
         return Ok(if chunked_last {
@@ -353,7 +414,7 @@ fn framing(head: &Head, no_body: bool) -> Result<(Decode, bool), Error> {
             (Decode::Close, false)
         });
     }
-    match content_length(&head.headers)? {
+    match content_length(headers)? {
         Some(0) => Ok((Decode::Done, keep_alive)),
         Some(n) => Ok((Decode::Length(n), keep_alive)),
         None => Ok((Decode::Close, false)),
@@ -566,6 +627,12 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     if !rest.is_empty() && rest[0] != b';' {
         return Err(Error::InvalidChunk("unexpected bytes after the chunk size"));
     }
+    // Extensions are ignored, but must be text (no bare CR, no controls).
+    if rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(Error::InvalidChunk(
+            "control character in a chunk extension",
+        ));
+    }
     line[..digits]
         .iter()
         .try_fold(0u64, |n, &b| {
@@ -576,10 +643,13 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
 }
 
 fn parse_trailers(section: &Bytes) -> Result<HeaderMap, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = vec![httparse::EMPTY_HEADER; MAX_TRAILERS];
     let invalid = |e: &dyn std::fmt::Display| Error::InvalidTrailers(e.to_string());
     let parsed = match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        // Every byte up to the blank line is a field line (bare-LF lines
+        // would end the section early).
+        Ok(httparse::Status::Complete((len, parsed))) if len == section.len() => parsed,
+        Ok(httparse::Status::Complete(_)) => return Err(invalid(&"bytes after the blank line")),
         Ok(httparse::Status::Partial) => return Err(invalid(&"incomplete")),
         Err(e) => return Err(invalid(&e)),
     };
@@ -935,7 +1005,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_reused_only_when_the_response_allows_it() {
-        let cases: [(&[u8], bool, &str); 6] = [
+        let cases: [(&[u8], bool, &str); 7] = [
             (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true, "HTTP/1.1 default"),
             (
                 b"HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n",
@@ -954,6 +1024,11 @@ mod tests {
                 "HTTP/1.0 keep-alive",
             ),
             (
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                false,
+                "HTTP/1.0 keep-alive and close: close wins",
+            ),
+            (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
                 false,
                 "Transfer-Encoding beside Content-Length",
@@ -963,9 +1038,11 @@ mod tests {
             let got = exchange(answer, false).await.expect(case);
             assert_eq!(got.reusable.is_some(), reusable, "{case}");
         }
-        // Transfer-Encoding wins over Content-Length for the framing.
-        let got = exchange(cases[5].0, false).await.expect("chunked");
+        // Transfer-Encoding wins over Content-Length for the framing, and
+        // the length is not passed on.
+        let got = exchange(cases[6].0, false).await.expect("chunked");
         assert_eq!(got.data, b"ok");
+        assert!(!got.headers.contains_key(CONTENT_LENGTH));
 
         // Bytes nobody asked for after the response.
         let got = exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxEXTRA", false)
@@ -977,7 +1054,7 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_answers_are_errors_that_say_what_was_wrong() {
-        let cases: [(&[u8], bool, &str); 9] = [
+        let cases: [(&[u8], bool, &str); 10] = [
             (b"HTTP/1.1 2x0 OK\r\n\r\n", false, "invalid response head"),
             (b"SSH-2.0-OpenSSH\r\n\r\n", false, "invalid response head"),
             (
@@ -1006,6 +1083,11 @@ mod tests {
                 "chunk size too large",
             ),
             (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a=\rb\r\nok\r\n0\r\n\r\n",
+                false,
+                "control character in a chunk extension",
+            ),
+            (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
                 true,
                 "closed 6 bytes before the end of the response body",
@@ -1029,14 +1111,15 @@ mod tests {
             .expect("cut head");
         assert!(matches!(err, Error::ClosedBeforeHead(14)), "{err}");
 
-        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
-        while huge.len() <= MAX_HEAD {
-            huge.extend_from_slice(b"x-filler: 0123456789012345678901234567890123456789\r\n");
-        }
+        // One field larger than the whole head may be.
+        let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        huge.resize(huge.len() + MAX_HEAD, b'a');
+        huge.extend_from_slice(b"\r\n\r\n");
         let err = exchange(&huge, false).await.err().expect("huge head");
+        assert!(matches!(err, Error::HeadTooLarge), "{err}");
         assert!(
-            matches!(err, Error::HeadTooLarge | Error::InvalidHead(_)),
-            "{err}"
+            !err.is_connection_error(),
+            "an answer, not a connection failure"
         );
         let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
@@ -1077,5 +1160,152 @@ mod tests {
             .await
             .expect("write");
         assert!(!conn.is_usable(), "bytes nobody asked for");
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::Request;
+    use http_body_util::{BodyExt, Empty, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+
+    #[test]
+    fn only_bodyless_origin_form_http11_requests_that_are_not_connect_fit() {
+        let req = |method: Method, uri: &str, version: Version| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .version(version)
+                .body(Empty::<Bytes>::new())
+                .expect("request")
+        };
+        assert!(fits(&req(Method::GET, "/a?b", Version::HTTP_11)));
+        assert!(fits(&req(Method::DELETE, "/a", Version::HTTP_11)));
+        assert!(!fits(&req(Method::CONNECT, "/", Version::HTTP_11)));
+        assert!(!fits(&req(Method::GET, "http://svc/a", Version::HTTP_11)));
+        assert!(!fits(&req(Method::GET, "/a", Version::HTTP_10)));
+        assert!(!fits(&req(Method::GET, "/a", Version::HTTP_2)));
+        let with_body = Request::post("/a")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request");
+        assert!(!fits(&with_body));
+    }
+
+    #[tokio::test]
+    async fn connect_is_refused_before_anything_is_written() {
+        let (client, mut server) = duplex(1024);
+        let (parts, ()) = Request::connect("svc:443")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let err = Connection::new(client)
+            .send(&parts)
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::Unsupported("CONNECT")), "{err}");
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.expect("read");
+        assert!(rest.is_empty(), "nothing was sent");
+    }
+
+    /// Sends a GET and answers it with `answer`; the server end stays open.
+    async fn answered(
+        answer: &'static [u8],
+    ) -> (Response<ResponseBody<DuplexStream>>, DuplexStream) {
+        let (client, mut server) = duplex(64 * 1024);
+        let (parts, ()) = Request::get("/").body(()).expect("request").into_parts();
+        let serve = async {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                server.read_exact(&mut byte).await.expect("request");
+                head.push(byte[0]);
+            }
+            server.write_all(answer).await.expect("answer");
+        };
+        let (resp, ()) = tokio::join!(Connection::new(client).send(&parts), serve);
+        (resp.expect("response"), server)
+    }
+
+    fn counting(resp: &mut Response<ResponseBody<DuplexStream>>) -> Arc<AtomicUsize> {
+        let handed = Arc::new(AtomicUsize::new(0));
+        let count = handed.clone();
+        resp.body_mut().on_reusable(Box::new(move |_conn| {
+            count.fetch_add(1, Ordering::SeqCst);
+        }));
+        handed
+    }
+
+    use tokio::io::DuplexStream;
+
+    #[tokio::test]
+    async fn the_connection_is_handed_back_once_and_only_after_the_whole_body() {
+        // Dropped right after the last byte, without polling for the end:
+        // handed back on drop.
+        let (mut resp, _server) = answered(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let handed = counting(&mut resp);
+        let frame = resp.body_mut().frame().await.expect("frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), "ok");
+        assert_eq!(
+            handed.load(Ordering::SeqCst),
+            0,
+            "not before the reader is done"
+        );
+        drop(resp);
+        assert_eq!(handed.load(Ordering::SeqCst), 1);
+
+        // Dropped in the middle of the body: never handed back.
+        let (mut resp, _server) =
+            answered(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf").await;
+        let handed = counting(&mut resp);
+        let _ = resp.body_mut().frame().await;
+        drop(resp);
+        assert_eq!(
+            handed.load(Ordering::SeqCst),
+            0,
+            "a cut body ends the connection"
+        );
+
+        // A body already complete (204): handed back when asked for.
+        let (mut resp, _server) = answered(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let handed = counting(&mut resp);
+        assert_eq!(handed.load(Ordering::SeqCst), 1);
+        drop(resp);
+        assert_eq!(handed.load(Ordering::SeqCst), 1, "once");
+    }
+
+    #[tokio::test]
+    async fn a_reason_phrase_of_its_own_is_kept() {
+        let (resp, _server) =
+            answered(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n").await;
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .expect("reason kept");
+        assert_eq!(reason.as_bytes(), b"Fine Thanks");
+        let (resp, _server) =
+            answered(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
+        assert!(
+            resp.extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn only_connection_failures_count_as_connection_errors() {
+        let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(Error::Read(reset()).is_connection_error());
+        assert!(Error::Write(reset()).is_connection_error());
+        assert!(Error::ClosedBeforeHead(0).is_connection_error());
+        assert!(!Error::InvalidHead("x".into()).is_connection_error());
+        assert!(!Error::UnexpectedUpgrade.is_connection_error());
+        assert!(!Error::InvalidContentLength("x".into()).is_connection_error());
     }
 }

@@ -76,8 +76,11 @@ impl UpstreamError {
     /// failure of the client's own request body).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Exchange { .. } => true,
+            Self::Connect { .. } => true,
             Self::Request { source, .. } => !source.is_user(),
+            // Not an answer the upstream chose (a malformed one would come
+            // again): only a connection that failed.
+            Self::Exchange { source, .. } => source.is_connection_error(),
         }
     }
 }
@@ -368,9 +371,9 @@ impl Pool {
         req: Request<HttpBody>,
     ) -> Result<Response<HttpBody>, UpstreamError> {
         let key = Self::key(connector, addr, protocol);
-        let bodyless = req.body().is_end_stream();
+        let lean = h1::fits(&req);
         let sender = match self.checkout(&key) {
-            Some(Sender::Lean(conn)) if !bodyless => {
+            Some(Sender::Lean(conn)) if !lean => {
                 // hyper takes the idle connection over: it can write a body
                 // while the response arrives.
                 let io = TokioIo::new(conn.into_io());
@@ -379,7 +382,7 @@ impl Pool {
             Some(sender) => sender,
             // Opening is boxed: its futures (TLS, HTTP/2 handshakes) would
             // otherwise make every request's future larger.
-            None => Box::pin(self.connect(connector, addr, protocol, &key, bodyless)).await?,
+            None => Box::pin(self.connect(connector, addr, protocol, &key, lean)).await?,
         };
         let request_err = |source| UpstreamError::Request { addr, source };
         match sender {
@@ -432,7 +435,7 @@ impl Pool {
         addr: SocketAddr,
         protocol: UpstreamProtocol,
         key: &Key,
-        bodyless: bool,
+        lean: bool,
     ) -> Result<Sender, UpstreamError> {
         Ok(match protocol {
             UpstreamProtocol::Http2 => {
@@ -440,7 +443,7 @@ impl Pool {
                 self.checkin(key.clone(), connector, Sender::H2(h2.clone()));
                 Sender::H2(h2)
             }
-            UpstreamProtocol::Http1 if bodyless => {
+            UpstreamProtocol::Http1 if lean => {
                 let io = self.open(connector, addr).await?.into_inner();
                 Sender::Lean(h1::Connection::new(io))
             }

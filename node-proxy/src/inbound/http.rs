@@ -297,8 +297,8 @@ impl Server {
             source: source.into(),
         };
         let h2 = req.version() == Version::HTTP_2;
-        let bodyless = !h2 && req.body().is_end_stream();
-        let mut resp = match self.sender(h2, bodyless).await? {
+        let lean = h1::fits(&req);
+        let mut resp = match self.sender(h2, lean).await? {
             Sender::H2(mut sender) => sender.send_request(req).await.map_err(upstream)?,
             Sender::H1(mut sender) => {
                 let resp = sender.send_request(req).await.map_err(upstream)?;
@@ -339,7 +339,7 @@ impl Server {
 
     /// A sender for the next request: the stream's connection if it is
     /// still usable, else a new one.
-    async fn sender(&self, h2: bool, bodyless: bool) -> Result<Sender, LocalReply> {
+    async fn sender(&self, h2: bool, lean: bool) -> Result<Sender, LocalReply> {
         let mut slot = self.upstream.lock().await;
         let io = match reusable(slot.take(), h2).await {
             Some(Sender::H2(shared)) => {
@@ -348,7 +348,7 @@ impl Server {
             }
             // hyper takes the idle connection over: it writes the body
             // while the response may already arrive.
-            Some(Sender::Lean(conn)) if !bodyless => TokioIo::new(conn.into_io()),
+            Some(Sender::Lean(conn)) if !lean => TokioIo::new(conn.into_io()),
             Some(sender) => return Ok(sender),
             None => self.connect().await?,
         };
@@ -365,7 +365,7 @@ impl Server {
             tokio::spawn(conn.in_current_span());
             *slot = Some(Sender::H2(sender.clone()));
             Ok(Sender::H2(sender))
-        } else if bodyless {
+        } else if lean {
             Ok(Sender::Lean(h1::Connection::new(io.into_inner())))
         } else {
             let (sender, conn) = http1::handshake(io).await.map_err(failed)?;
