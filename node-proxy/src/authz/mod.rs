@@ -76,42 +76,41 @@ pub struct Evaluation {
 }
 
 /// Evaluates `policies` (those applying to the destination workload).
+/// Allocates nothing unless something is denied (it runs per request on
+/// HTTP ports).
 pub fn evaluate(policies: &[&AuthorizationPolicy], conn: &Connection<'_>) -> Evaluation {
-    let enforce = |p: &&&AuthorizationPolicy| p.mode() == AuthorizationMode::Enforce;
-    let audit = |p: &&&AuthorizationPolicy| p.mode() == AuthorizationMode::Audit;
-    let audit_policies: Vec<&AuthorizationPolicy> =
-        policies.iter().filter(audit).copied().collect();
-    let enforced: Vec<&AuthorizationPolicy> = policies.iter().filter(enforce).copied().collect();
-    let audit_denials = match decide(&audit_policies, conn) {
+    let audit_denials = match decide(policies, AuthorizationMode::Audit, conn) {
         Decision::Deny { reason } => vec![reason],
         Decision::Allow => Vec::new(),
     };
     Evaluation {
-        decision: decide(&enforced, conn),
+        decision: decide(policies, AuthorizationMode::Enforce, conn),
         audit_denials,
     }
 }
 
-fn decide(policies: &[&AuthorizationPolicy], conn: &Connection<'_>) -> Decision {
-    for p in policies
-        .iter()
-        .filter(|p| p.action() == AuthorizationAction::Deny)
-    {
-        if policy_matches(p, conn) {
-            return Decision::Deny {
-                reason: format!("denied by policy {}/{}", p.namespace, p.name),
-            };
-        }
+/// The decision of the policies in `mode`: any matching Deny denies; else
+/// it is allowed when no Allow policy applies or one matches.
+fn decide(
+    policies: &[&AuthorizationPolicy],
+    mode: AuthorizationMode,
+    conn: &Connection<'_>,
+) -> Decision {
+    let of_action = |action: AuthorizationAction| {
+        policies
+            .iter()
+            .filter(move |p| p.mode() == mode && p.action() == action)
+    };
+    if let Some(p) = of_action(AuthorizationAction::Deny).find(|p| policy_matches(p, conn)) {
+        return Decision::Deny {
+            reason: format!("denied by policy {}/{}", p.namespace, p.name),
+        };
     }
-    let allows: Vec<_> = policies
-        .iter()
-        .filter(|p| p.action() == AuthorizationAction::Allow)
-        .collect();
-    if allows.is_empty() || allows.iter().any(|p| policy_matches(p, conn)) {
+    let mut allows = of_action(AuthorizationAction::Allow).peekable();
+    if allows.peek().is_none() || allows.any(|p| policy_matches(p, conn)) {
         return Decision::Allow;
     }
-    let names: Vec<String> = allows
-        .iter()
+    let names: Vec<String> = of_action(AuthorizationAction::Allow)
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect();
     Decision::Deny {

@@ -26,12 +26,13 @@ pub struct RequestInfo<'a> {
 
 /// A selected rule and the path prefix its entry matched (for
 /// `ReplacePrefixMatch`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selected {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected<'t> {
     /// Index into [`RouteTable::rules`].
     pub rule: usize,
-    /// The matched prefix (`/` for non-prefix matches).
-    pub prefix: String,
+    /// The matched prefix (`/` for non-prefix matches), borrowed from the
+    /// table.
+    pub prefix: &'t str,
 }
 
 /// Whether `headers` mark a gRPC request.
@@ -68,7 +69,7 @@ fn headers_match(headers: &HeaderMap, wanted: &[(http::HeaderName, String)]) -> 
 }
 
 /// The rule `req` selects in `table`, if any.
-pub fn select(table: &RouteTable, req: &RequestInfo<'_>) -> Option<Selected> {
+pub fn select<'t>(table: &'t RouteTable, req: &RequestInfo<'_>) -> Option<Selected<'t>> {
     // A gRPC table only answers gRPC requests; an HTTP table answers both
     // (gRPC is HTTP, and an HTTPRoute may route it by path).
     if table.kind == TableKind::Grpc && !req.grpc {
@@ -84,9 +85,9 @@ pub fn select(table: &RouteTable, req: &RequestInfo<'_>) -> Option<Selected> {
                 query,
             } => {
                 let prefix = match path {
-                    PathCondition::Any => "/".to_owned(),
-                    PathCondition::Exact(e) if e == req.path => e.clone(),
-                    PathCondition::Prefix(p) if prefix_matches(p, req.path) => p.clone(),
+                    PathCondition::Any => "/",
+                    PathCondition::Exact(e) if e == req.path => e.as_str(),
+                    PathCondition::Prefix(p) if prefix_matches(p, req.path) => p.as_str(),
                     PathCondition::Exact(_) | PathCondition::Prefix(_) => return None,
                 };
                 if method.as_ref().is_some_and(|m| m != req.method)
@@ -115,7 +116,7 @@ pub fn select(table: &RouteTable, req: &RequestInfo<'_>) -> Option<Selected> {
                 {
                     return None;
                 }
-                "/".to_owned()
+                "/"
             }
         };
         Some(Selected {

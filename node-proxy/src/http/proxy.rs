@@ -507,7 +507,7 @@ impl HttpOutbound {
             port: target.port,
             path,
             query,
-            prefix: &selected.prefix,
+            prefix: selected.prefix,
         };
         let mut response_filters = Vec::new();
         let mut mirrors = Vec::new();
@@ -861,7 +861,7 @@ impl HttpOutbound {
 fn apply_filters<'a>(
     filters: &'a [Filter],
     out: &mut Outgoing,
-    selected: &Selected,
+    selected: &Selected<'_>,
     source: &RedirectSource<'_>,
     response_filters: &mut Vec<&'a HeaderModifier>,
     mirrors: &mut Vec<&'a Mirror>,
@@ -880,7 +880,7 @@ fn apply_filters<'a>(
                     out.host = Some(host.clone());
                 }
                 if let Some(m) = &r.path {
-                    out.path = rewrite_path(&out.path, m, &selected.prefix);
+                    out.path = rewrite_path(&out.path, m, selected.prefix);
                 }
             }
             Filter::Mirror(m) => mirrors.push(m),

@@ -28,7 +28,8 @@ use crate::tunnel::server::ServerConfig;
 use crate::tunnel::{Admitted, H2Stream, Io, serve_connection};
 
 /// The app: answers `<method> <path>` (and `/grpc` with trailers, `/ws`
-/// with a `101` then an echo); counts the connections it accepted.
+/// with a `101` then an echo, `/api/last` then closes the connection);
+/// counts the connections it accepted.
 async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
     let addr = l.local_addr().expect("addr");
@@ -67,6 +68,13 @@ async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
                                 .insert("connection", http::HeaderValue::from_static("upgrade"));
                             resp.headers_mut()
                                 .insert("upgrade", http::HeaderValue::from_static("websocket"));
+                            resp
+                        }
+                        // The app ends the connection after this answer.
+                        "/api/last" => {
+                            let mut resp = Response::new(Full::new(Bytes::from(said)).boxed());
+                            resp.headers_mut()
+                                .insert("connection", http::HeaderValue::from_static("close"));
                             resp
                         }
                         _ => Response::new(Full::new(Bytes::from(said)).boxed()),
@@ -319,8 +327,17 @@ async fn http_port_requests_are_authorized_one_by_one_on_a_kept_alive_stream() {
         1,
         "one upstream connection, reused by the stream's requests"
     );
+    // The app closes its connection after an answer: the next request
+    // opens another one.
+    for (body, path, connections) in [(&b""[..], "/api/last", 1), (b"", "/api/e", 2)] {
+        assert_eq!(
+            send_body(&mut client, "GET", path, body).await,
+            (StatusCode::OK, format!("GET {path}")),
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "after {path}");
+    }
     let stats = handler.stats();
-    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 8);
     assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 3);
 
     // Another identity: the L4 part of the rule does not match.
