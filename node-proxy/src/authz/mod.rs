@@ -21,6 +21,7 @@
 //! and ports match). The control plane reports such rules in the policy's
 //! status, so this never happens silently.
 
+use std::borrow::Borrow;
 use std::net::IpAddr;
 
 use hawser_api::SpiffeId;
@@ -78,7 +79,10 @@ pub struct Evaluation {
 /// Evaluates `policies` (those applying to the destination workload).
 /// Allocates nothing unless something is denied (it runs per request on
 /// HTTP ports).
-pub fn evaluate(policies: &[&AuthorizationPolicy], conn: &Connection<'_>) -> Evaluation {
+pub fn evaluate<P: Borrow<AuthorizationPolicy>>(
+    policies: &[P],
+    conn: &Connection<'_>,
+) -> Evaluation {
     let audit_denials = match decide(policies, AuthorizationMode::Audit, conn) {
         Decision::Deny { reason } => vec![reason],
         Decision::Allow => Vec::new(),
@@ -91,15 +95,16 @@ pub fn evaluate(policies: &[&AuthorizationPolicy], conn: &Connection<'_>) -> Eva
 
 /// The decision of the policies in `mode`: any matching Deny denies; else
 /// it is allowed when no Allow policy applies or one matches.
-fn decide(
-    policies: &[&AuthorizationPolicy],
+fn decide<P: Borrow<AuthorizationPolicy>>(
+    policies: &[P],
     mode: AuthorizationMode,
     conn: &Connection<'_>,
 ) -> Decision {
     let of_action = |action: AuthorizationAction| {
         policies
             .iter()
-            .filter(move |p| p.mode() == mode && p.action() == action)
+            .map(Borrow::borrow)
+            .filter(move |p: &&AuthorizationPolicy| p.mode() == mode && p.action() == action)
     };
     if let Some(p) = of_action(AuthorizationAction::Deny).find(|p| policy_matches(p, conn)) {
         return Decision::Deny {
@@ -122,8 +127,8 @@ fn decide(
 /// requests: some rule that can apply to the port names methods or paths.
 /// When none does, every request of a connection gets the connection's L4
 /// decision, so the connection can be decided once and its bytes relayed.
-pub fn needs_requests(policies: &[&AuthorizationPolicy], port: u16) -> bool {
-    policies.iter().flat_map(|p| &p.rules).any(|rule| {
+pub fn needs_requests<P: Borrow<AuthorizationPolicy>>(policies: &[P], port: u16) -> bool {
+    policies.iter().flat_map(|p| &p.borrow().rules).any(|rule| {
         rule.to.as_ref().is_some_and(|to| {
             (to.ports.is_empty() || to.ports.contains(&u32::from(port)))
                 && (!to.methods.is_empty() || !to.paths.is_empty())

@@ -34,12 +34,10 @@ use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{InboundStats, policies};
+use super::InboundStats;
 use crate::authz::{self, Connection, Decision, HttpRequest};
-use crate::discovery::NodeConfig;
 use crate::http::{BoxError, HttpBody, boxed, empty, full, h1, is_grpc, is_upgrade};
 use crate::inpod::NetnsHandle;
 use crate::tunnel::{Io, ServeStream};
@@ -51,8 +49,9 @@ pub struct PodAccess {
     pub uid: Arc<str>,
     /// Where the app is connected from.
     pub netns: NetnsHandle,
-    /// The live config (policies are read per request).
-    pub config: watch::Receiver<Arc<NodeConfig>>,
+    /// The pod's share of the config in force (policies are read per
+    /// request).
+    pub(crate) view: Arc<super::PodViews>,
     /// Where decisions are counted.
     pub stats: Arc<InboundStats>,
 }
@@ -253,12 +252,10 @@ impl Server {
         let s = &self.stream;
         let normalized = authz::normalize_path(req.uri().path());
         let path = normalized.as_deref().unwrap_or(req.uri().path());
-        // Evaluated under the config borrow (no await inside): the policy in
-        // force is the one the latest config carries.
+        // The policy in force is the one the latest config carries.
         let eval = {
-            let config = s.pod.config.borrow();
             authz::evaluate(
-                &policies(&config, &s.pod.uid),
+                &s.pod.view.current().policies,
                 &Connection {
                     peer: s.peer.as_ref(),
                     peer_ip: s.peer_addr.ip(),

@@ -64,8 +64,41 @@ pub struct PodInbound {
     netns: NetnsHandle,
     config: watch::Receiver<Arc<NodeConfig>>,
     stats: Arc<InboundStats>,
-    /// How the pod's ports are served, computed once per config version.
-    ports: Mutex<Option<(Arc<NodeConfig>, Arc<PodPorts>)>>,
+    /// The pod's share of the config in force (also its HTTP streams').
+    view: Arc<PodViews>,
+}
+
+/// The pod's share of one config version: how its ports are served and
+/// the policies that apply to it, copied once per version instead of being
+/// looked up for every connection and request.
+#[derive(Debug, Default)]
+struct PodView {
+    ports: PodPorts,
+    policies: Vec<AuthorizationPolicy>,
+}
+
+/// The [`PodView`] of the config in force, computed on first use after
+/// each new version.
+#[derive(Debug)]
+pub(crate) struct PodViews {
+    uid: Arc<str>,
+    config: watch::Receiver<Arc<NodeConfig>>,
+    cached: Mutex<Option<(Arc<NodeConfig>, Arc<PodView>)>>,
+}
+
+impl PodViews {
+    fn current(&self) -> Arc<PodView> {
+        let config = self.config.borrow().clone();
+        let mut cached = self.cached.lock();
+        match cached.as_ref() {
+            Some((of, view)) if Arc::ptr_eq(of, &config) => view.clone(),
+            _ => {
+                let view = Arc::new(pod_view(&config, &self.uid));
+                *cached = Some((config, view.clone()));
+                view
+            }
+        }
+    }
 }
 
 /// How a port that Services map is served.
@@ -88,13 +121,18 @@ impl PodInbound {
         netns: NetnsHandle,
         config: watch::Receiver<Arc<NodeConfig>>,
     ) -> Self {
+        let uid: Arc<str> = Arc::from(uid.into());
         Self {
-            uid: Arc::from(uid.into()),
+            view: Arc::new(PodViews {
+                uid: uid.clone(),
+                config: config.clone(),
+                cached: Mutex::new(None),
+            }),
+            uid,
             ips,
             netns,
             config,
             stats: Arc::default(),
-            ports: Mutex::new(None),
         }
     }
 
@@ -128,20 +166,15 @@ impl PodInbound {
     }
 
     fn port_mode(&self, port: u16) -> PortMode {
-        let config = self.config.borrow().clone();
-        let mut cached = self.ports.lock();
-        let ports = match cached.as_ref() {
-            Some((of, ports)) if Arc::ptr_eq(of, &config) => ports.clone(),
-            _ => {
-                let ports = Arc::new(pod_ports(&config, &self.uid));
-                *cached = Some((config, ports.clone()));
-                ports
-            }
-        };
-        ports.get(&port).copied().unwrap_or(PortMode {
-            http: false,
-            needs_requests: false,
-        })
+        self.view
+            .current()
+            .ports
+            .get(&port)
+            .copied()
+            .unwrap_or(PortMode {
+                http: false,
+                needs_requests: false,
+            })
     }
 
     /// A plaintext connection captured on 15006 (from outside the mesh): no
@@ -185,7 +218,7 @@ impl PodInbound {
             http::PodAccess {
                 uid: self.uid.clone(),
                 netns: self.netns.clone(),
-                config: self.config.clone(),
+                view: self.view.clone(),
                 stats: self.stats.clone(),
             },
             peer.cloned(),
@@ -206,16 +239,14 @@ impl PodInbound {
     }
 
     /// The L4 decision for a connection under the policy in force now.
-    /// Evaluated under the config borrow (no await inside): nothing copied.
     fn evaluate_l4(
         &self,
         peer: Option<&SpiffeId>,
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> authz::Evaluation {
-        let config = self.config.borrow();
         authz::evaluate(
-            &policies(&config, &self.uid),
+            &self.view.current().policies,
             &Connection {
                 peer,
                 peer_ip: peer_addr.ip(),
@@ -317,8 +348,16 @@ impl HboneHandler for PodInbound {
     }
 }
 
-/// The policies that apply to workload `uid` in `config` (borrowed, not
-/// copied: this runs for every connection and request).
+/// What of `config` concerns workload `uid`.
+fn pod_view(config: &NodeConfig, uid: &str) -> PodView {
+    let policies: Vec<AuthorizationPolicy> = policies(config, uid).into_iter().cloned().collect();
+    PodView {
+        ports: pod_ports(config, uid, &policies),
+        policies,
+    }
+}
+
+/// The policies that apply to workload `uid` in `config`.
 fn policies<'c>(config: &'c NodeConfig, uid: &str) -> Vec<&'c AuthorizationPolicy> {
     let Some(Kind::Workload(w)) = config
         .get(ResourceType::Workload, uid)
@@ -342,9 +381,9 @@ fn policies<'c>(config: &'c NodeConfig, uid: &str) -> Vec<&'c AuthorizationPolic
 }
 
 /// Every port of workload `uid` that a Service of `config` maps, with
-/// whether all of them declare it HTTP and whether the pod's policies look
-/// at its requests.
-fn pod_ports(config: &NodeConfig, uid: &str) -> PodPorts {
+/// whether all of them declare it HTTP and whether the pod's `policies`
+/// look at its requests.
+fn pod_ports(config: &NodeConfig, uid: &str, policies: &[AuthorizationPolicy]) -> PodPorts {
     let mut http_ports = BTreeMap::new();
     for svc in config.services() {
         for ep in svc.endpoints.iter().filter(|e| e.workload_uid == uid) {
@@ -360,11 +399,10 @@ fn pod_ports(config: &NodeConfig, uid: &str) -> PodPorts {
             }
         }
     }
-    let policies = policies(config, uid);
     http_ports
         .into_iter()
         .map(|(port, http)| {
-            let needs_requests = authz::needs_requests(&policies, port);
+            let needs_requests = authz::needs_requests(policies, port);
             (
                 port,
                 PortMode {
