@@ -84,6 +84,12 @@ impl NodeConfig {
             .map(|r| r.as_ref())
     }
 
+    /// A resource by type and name, shared with this config (versions
+    /// share their unchanged resources; holding one copies nothing).
+    pub fn get_shared(&self, kind: ResourceType, name: &str) -> Option<Arc<Resource>> {
+        self.resources.get(&(kind as i32, name.to_owned())).cloned()
+    }
+
     /// Every resource, ordered by type and name.
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
         self.resources.values().map(|r| r.as_ref())

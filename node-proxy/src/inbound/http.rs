@@ -45,7 +45,7 @@ use crate::tunnel::{Io, ServeStream};
 /// What a stream's HTTP server needs of its pod.
 #[derive(Clone)]
 pub struct PodAccess {
-    /// The pod's workload uid (selects its policies).
+    /// The pod's workload uid (for the logs).
     pub uid: Arc<str>,
     /// Where the app is connected from.
     pub netns: NetnsHandle,
@@ -253,20 +253,18 @@ impl Server {
         let normalized = authz::normalize_path(req.uri().path());
         let path = normalized.as_deref().unwrap_or(req.uri().path());
         // The policy in force is the one the latest config carries.
-        let eval = {
-            authz::evaluate(
-                &s.pod.view.current().policies,
-                &Connection {
-                    peer: s.peer.as_ref(),
-                    peer_ip: s.peer_addr.ip(),
-                    port: s.target.port(),
-                    request: Some(HttpRequest {
-                        method: req.method().as_str(),
-                        path,
-                    }),
-                },
-            )
-        };
+        let eval = authz::evaluate(
+            &s.pod.view.current().policies,
+            &Connection {
+                peer: s.peer.as_ref(),
+                peer_ip: s.peer_addr.ip(),
+                port: s.target.port(),
+                request: Some(HttpRequest {
+                    method: req.method().as_str(),
+                    path,
+                }),
+            },
+        );
         for audit in &eval.audit_denials {
             tracing::info!(method = %req.method(), %path, reason = %audit, "audit: would deny");
         }

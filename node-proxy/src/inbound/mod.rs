@@ -23,6 +23,7 @@ pub mod http;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use hawser_api::SpiffeId;
 use hawser_api::cni::PROXY_MARK;
-use hawser_api::proto::discovery::{AuthorizationPolicy, ResourceType, resource::Kind};
+use hawser_api::proto::discovery::{AuthorizationPolicy, Resource, ResourceType, resource::Kind};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -69,12 +70,33 @@ pub struct PodInbound {
 }
 
 /// The pod's share of one config version: how its ports are served and
-/// the policies that apply to it, copied once per version instead of being
-/// looked up for every connection and request.
-#[derive(Debug, Default)]
+/// the policies that apply to it, found once per version instead of for
+/// every connection and request.
+#[derive(Debug)]
 struct PodView {
     ports: PodPorts,
-    policies: Vec<AuthorizationPolicy>,
+    policies: Vec<PolicyRef>,
+}
+
+/// An AuthorizationPolicy of the config, shared with it (not copied).
+#[derive(Debug, Clone)]
+struct PolicyRef(Arc<Resource>);
+
+impl PolicyRef {
+    /// `resource` if it is an AuthorizationPolicy.
+    fn new(resource: Arc<Resource>) -> Option<Self> {
+        matches!(resource.kind, Some(Kind::AuthorizationPolicy(_))).then_some(Self(resource))
+    }
+}
+
+impl Borrow<AuthorizationPolicy> for PolicyRef {
+    fn borrow(&self) -> &AuthorizationPolicy {
+        match &self.0.kind {
+            Some(Kind::AuthorizationPolicy(p)) => p,
+            // `new` admits AuthorizationPolicies only.
+            _ => unreachable!("a PolicyRef holds an AuthorizationPolicy"),
+        }
+    }
 }
 
 /// The [`PodView`] of the config in force, computed on first use after
@@ -88,8 +110,10 @@ pub(crate) struct PodViews {
 
 impl PodViews {
     fn current(&self) -> Arc<PodView> {
-        let config = self.config.borrow().clone();
         let mut cached = self.cached.lock();
+        // Read under the lock: a caller holding an older version cannot
+        // overwrite a newer one.
+        let config = self.config.borrow().clone();
         match cached.as_ref() {
             Some((of, view)) if Arc::ptr_eq(of, &config) => view.clone(),
             _ => {
@@ -350,15 +374,15 @@ impl HboneHandler for PodInbound {
 
 /// What of `config` concerns workload `uid`.
 fn pod_view(config: &NodeConfig, uid: &str) -> PodView {
-    let policies: Vec<AuthorizationPolicy> = policies(config, uid).into_iter().cloned().collect();
+    let policies = policies(config, uid);
     PodView {
         ports: pod_ports(config, uid, &policies),
         policies,
     }
 }
 
-/// The policies that apply to workload `uid` in `config`.
-fn policies<'c>(config: &'c NodeConfig, uid: &str) -> Vec<&'c AuthorizationPolicy> {
+/// The policies that apply to workload `uid` in `config`, shared with it.
+fn policies(config: &NodeConfig, uid: &str) -> Vec<PolicyRef> {
     let Some(Kind::Workload(w)) = config
         .get(ResourceType::Workload, uid)
         .and_then(|r| r.kind.as_ref())
@@ -368,14 +392,7 @@ fn policies<'c>(config: &'c NodeConfig, uid: &str) -> Vec<&'c AuthorizationPolic
     w.authorization_policies
         .iter()
         .filter_map(|name| {
-            match config
-                .get(ResourceType::AuthorizationPolicy, name)?
-                .kind
-                .as_ref()?
-            {
-                Kind::AuthorizationPolicy(p) => Some(p),
-                _ => None,
-            }
+            PolicyRef::new(config.get_shared(ResourceType::AuthorizationPolicy, name)?)
         })
         .collect()
 }
@@ -383,7 +400,7 @@ fn policies<'c>(config: &'c NodeConfig, uid: &str) -> Vec<&'c AuthorizationPolic
 /// Every port of workload `uid` that a Service of `config` maps, with
 /// whether all of them declare it HTTP and whether the pod's `policies`
 /// look at its requests.
-fn pod_ports(config: &NodeConfig, uid: &str, policies: &[AuthorizationPolicy]) -> PodPorts {
+fn pod_ports(config: &NodeConfig, uid: &str, policies: &[PolicyRef]) -> PodPorts {
     let mut http_ports = BTreeMap::new();
     for svc in config.services() {
         for ep in svc.endpoints.iter().filter(|e| e.workload_uid == uid) {
