@@ -545,6 +545,14 @@ fn wait_ready(setup: &Setup) -> anyhow::Result<()> {
                 if status != 200 {
                     return Err(std::io::Error::other(format!("HTTP {status}")));
                 }
+                if route == Route::L7Authz {
+                    let status = conn.request(GET_FORBIDDEN)?;
+                    if status != 403 {
+                        return Err(std::io::Error::other(format!(
+                            "/forbidden answered {status}, not the policy's 403"
+                        )));
+                    }
+                }
                 tcp_exchange(echo)
             })?;
             match attempt {
@@ -719,6 +727,10 @@ struct HttpConn {
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: server\r\nUser-Agent: hawser-bench\r\n\r\n";
+/// The path the "L7 + L7 authz" route's policy denies (the load never asks
+/// for it): proves node-2 authorizes that route's requests.
+const GET_FORBIDDEN: &[u8] =
+    b"GET /forbidden HTTP/1.1\r\nHost: server\r\nUser-Agent: hawser-bench\r\n\r\n";
 const GET_CLOSE: &[u8] =
     b"GET / HTTP/1.1\r\nHost: server\r\nUser-Agent: hawser-bench\r\nConnection: close\r\n\r\n";
 
@@ -736,7 +748,12 @@ impl HttpConn {
 
     /// Sends one GET and reads the whole response; returns its status.
     fn get(&mut self) -> std::io::Result<u16> {
-        self.stream.write_all(GET)?;
+        self.request(GET)
+    }
+
+    /// Sends `req` (a whole request without a body); the answer's status.
+    fn request(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        self.stream.write_all(req)?;
         self.buf.clear();
         let mut chunk = [0u8; 4096];
         let mut head: Option<(u16, usize)> = None;

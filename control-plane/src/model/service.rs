@@ -29,20 +29,20 @@ pub enum TargetPort {
 pub enum AppProtocol {
     /// Unset or unknown: opaque TCP.
     Tcp,
-    /// `http`.
+    /// `http`, `kubernetes.io/http`, `kubernetes.io/ws`.
     Http,
     /// `kubernetes.io/h2c`, `grpc`, `http2`: HTTP/2 with prior knowledge.
     Http2,
 }
 
 impl AppProtocol {
-    /// Interprets an `appProtocol` value.
+    /// Interprets an `appProtocol` value, by the rule the node proxies
+    /// follow ([`hawser_api::protocol`]).
     pub fn from_app_protocol(value: Option<&str>) -> Self {
-        match value.map(str::to_ascii_lowercase).as_deref() {
-            Some("http") | Some("kubernetes.io/http") => AppProtocol::Http,
-            Some("kubernetes.io/h2c") | Some("h2c") | Some("http2") | Some("grpc") => {
-                AppProtocol::Http2
-            }
+        use hawser_api::protocol::{is_h2, is_http};
+        match value.filter(|v| !v.is_empty()) {
+            Some(v) if is_h2(Some(v), "") => AppProtocol::Http2,
+            Some(v) if is_http(Some(v), "") => AppProtocol::Http,
             _ => AppProtocol::Tcp,
         }
     }

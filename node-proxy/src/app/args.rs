@@ -134,7 +134,9 @@ mod tests {
         .unwrap();
         assert_eq!(args.cni_socket(), PathBuf::from("/tmp/x/cni.sock"));
         assert_eq!(args.admin_addr.port(), 15000);
-        assert!(args.worker_threads() >= 1);
+        // Default: half the CPUs this process may use, at least one.
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(args.worker_threads(), (cpus / 2).max(1));
         let base = [
             "hawser-node-proxy",
             "--node-name",

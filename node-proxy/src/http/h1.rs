@@ -28,13 +28,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{
     Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
 };
 use hyper::body::{Body, Frame, SizeHint};
 use sync_wrapper::SyncWrapper;
+
+use super::body::{HttpBody, boxed, empty};
+use super::proxy::connection_tokens;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Most header fields a response head (or a trailer section) may have.
@@ -45,7 +48,7 @@ const FEW_HEADERS: usize = 24;
 const MAX_TRAILERS: usize = 1024;
 /// Largest response head (and trailer section), in bytes: hyper's client
 /// limit, so no answer it took is refused here.
-pub const MAX_HEAD: usize = 8192 + 4096 * 100;
+const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Longest chunk-size line (size and extensions), in bytes.
 const MAX_CHUNK_LINE: usize = 4096;
 /// The read buffer's allocations (a response's bytes share them).
@@ -78,9 +81,6 @@ pub enum Error {
     /// A `101` answered a request that asked for no upgrade.
     #[error("101 Switching Protocols answered a request without Upgrade")]
     UnexpectedUpgrade,
-    /// The request is not one this client carries (see [`fits`]).
-    #[error("{0} requests are not exchanged by the lean client")]
-    Unsupported(&'static str),
     /// The connection closed before `Content-Length` bytes of body.
     #[error("the connection closed {0} bytes before the end of the response body")]
     BodyTruncated(u64),
@@ -164,14 +164,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         self.io
     }
 
+    /// Exchanges a request that [`fits`]: the response, its body read from
+    /// this connection, which goes to `on_reusable` once the exchange allows
+    /// another one (right away when the response has no body).
+    pub async fn exchange(
+        self,
+        req: &Parts,
+        on_reusable: OnReusable<IO>,
+    ) -> Result<Response<HttpBody>, Error>
+    where
+        IO: Send + 'static,
+    {
+        let mut resp = self.send(req).await?;
+        resp.body_mut().on_reusable(on_reusable);
+        Ok(if resp.body().is_end_stream() {
+            resp.map(|_| empty())
+        } else {
+            resp.map(boxed)
+        })
+    }
+
     /// Sends a request that has no body, and reads the response head. The
-    /// response body reads the rest from the connection, and hands it to
-    /// [`ResponseBody::on_reusable`]'s function once the exchange allows
-    /// another one.
-    pub async fn send(mut self, req: &Parts) -> Result<Response<ResponseBody<IO>>, Error> {
-        if req.method == Method::CONNECT {
-            return Err(Error::Unsupported("CONNECT"));
-        }
+    /// response body reads the rest from the connection.
+    async fn send(mut self, req: &Parts) -> Result<Response<ResponseBody<IO>>, Error> {
+        debug_assert!(req.method != Method::CONNECT, "CONNECT does not fit");
         let head = encode_head(req);
         self.io.write_all(&head).await.map_err(Error::Write)?;
         self.io.flush().await.map_err(Error::Write)?;
@@ -382,12 +398,8 @@ fn framing(
     version: Version,
     no_body: bool,
 ) -> Result<(Decode, bool), Error> {
-    let connection = |token: &str| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
+    let connection =
+        |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
     // `close` wins; HTTP/1.0 keeps the connection only when asked to.
     let mut keep_alive =
         !connection("close") && (version != Version::HTTP_10 || connection("keep-alive"));
@@ -501,7 +513,7 @@ impl<IO> ResponseBody<IO> {
 
     /// The connection, when the body was read to its end and the exchange
     /// allows another one on it.
-    pub fn take_reusable(&mut self) -> Option<Connection<IO>> {
+    fn take_reusable(&mut self) -> Option<Connection<IO>> {
         if self.decode != Decode::Done || !self.keep_alive {
             return None;
         }
@@ -523,6 +535,30 @@ impl<IO> ResponseBody<IO> {
         self.decode = Decode::Done;
         self.conn = None;
         Poll::Ready(Some(Err(e)))
+    }
+
+    /// The buffered part of a body framed by its length or by the close.
+    fn step_plain(&mut self) -> Step {
+        let Some(conn) = self.conn.as_mut() else {
+            self.decode = Decode::Done;
+            return Step::Moved;
+        };
+        let buf = &mut conn.get_mut().buf;
+        if buf.is_empty() {
+            return Step::NeedMore;
+        }
+        let data = match self.decode {
+            Decode::Length(rest) => {
+                let n = rest.min(buf.len() as u64);
+                self.decode = match rest - n {
+                    0 => Decode::Done,
+                    rest => Decode::Length(rest),
+                };
+                buf.split_to(n as usize)
+            }
+            _ => buf.split(),
+        };
+        Step::Frame(Frame::data(data.freeze()))
     }
 
     /// One step of the chunked decoder.
@@ -672,65 +708,37 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<IO> {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
         loop {
-            match this.decode {
+            let step = match this.decode {
                 Decode::Done => {
                     this.hand_back();
                     return Poll::Ready(None);
                 }
-                Decode::Length(rest) => {
+                Decode::Chunked(chunk) => this.step_chunked(chunk),
+                Decode::Length(_) | Decode::Close => Ok(this.step_plain()),
+            };
+            match step {
+                Err(e) => return this.fail(e),
+                Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Step::Moved) => {}
+                Ok(Step::NeedMore) => {
                     let Some(conn) = this.conn.as_mut() else {
                         return Poll::Ready(None);
                     };
-                    let conn = conn.get_mut();
-                    if !conn.buf.is_empty() {
-                        let n = rest.min(conn.buf.len() as u64);
-                        let data = conn.buf.split_to(n as usize).freeze();
-                        this.decode = match rest - n {
-                            0 => Decode::Done,
-                            rest => Decode::Length(rest),
-                        };
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => return this.fail(Error::BodyTruncated(rest)),
+                    match ready!(conn.get_mut().poll_fill(cx)) {
+                        Ok(0) => match this.decode {
+                            // A body without a length ends with the close.
+                            Decode::Close => {
+                                this.decode = Decode::Done;
+                                this.conn = None;
+                                return Poll::Ready(None);
+                            }
+                            Decode::Length(rest) => return this.fail(Error::BodyTruncated(rest)),
+                            _ => return this.fail(Error::ChunkedTruncated),
+                        },
                         Ok(_) => {}
                         Err(e) => return this.fail(Error::Read(e)),
                     }
                 }
-                Decode::Close => {
-                    let Some(conn) = this.conn.as_mut() else {
-                        return Poll::Ready(None);
-                    };
-                    let conn = conn.get_mut();
-                    if !conn.buf.is_empty() {
-                        let data = conn.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => {
-                            this.decode = Decode::Done;
-                            this.conn = None;
-                            return Poll::Ready(None);
-                        }
-                        Ok(_) => {}
-                        Err(e) => return this.fail(Error::Read(e)),
-                    }
-                }
-                Decode::Chunked(chunk) => match this.step_chunked(chunk) {
-                    Err(e) => return this.fail(e),
-                    Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
-                    Ok(Step::Moved) => {}
-                    Ok(Step::NeedMore) => {
-                        let Some(conn) = this.conn.as_mut() else {
-                            return Poll::Ready(None);
-                        };
-                        match ready!(conn.get_mut().poll_fill(cx)) {
-                            Ok(0) => return this.fail(Error::ChunkedTruncated),
-                            Ok(_) => {}
-                            Err(e) => return this.fail(Error::Read(e)),
-                        }
-                    }
-                },
             }
         }
     }
@@ -750,9 +758,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<IO> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use http::Request;
-    use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+    use http_body_util::{BodyExt, Empty, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     use super::*;
 
@@ -818,8 +829,8 @@ mod tests {
         })
     }
 
-    /// One exchange: the server answers `answer` in pieces of `piece`
-    /// bytes, then closes if `close`.
+    /// One exchange: the server answers `answer` in pieces of `piece` bytes
+    /// and stays open.
     async fn exchange_on(
         conn: Connection<DuplexStream>,
         server: &mut DuplexStream,
@@ -1111,10 +1122,10 @@ mod tests {
             .expect("cut head");
         assert!(matches!(err, Error::ClosedBeforeHead(14)), "{err}");
 
-        // One field larger than the whole head may be.
+        // A head that never ends: refused once the limit is read (the
+        // parse-time check is tested on its own).
         let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
         huge.resize(huge.len() + MAX_HEAD, b'a');
-        huge.extend_from_slice(b"\r\n\r\n");
         let err = exchange(&huge, false).await.err().expect("huge head");
         assert!(matches!(err, Error::HeadTooLarge), "{err}");
         assert!(
@@ -1131,6 +1142,25 @@ mod tests {
             err.to_string().contains("more than 100 header fields"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_head_limit_holds_for_a_head_read_at_once() {
+        // A complete head over the limit already in the buffer: refused
+        // when parsed, not only when more must be read.
+        let (client, _server) = duplex(16);
+        let mut conn = Connection::new(client);
+        conn.buf.extend_from_slice(b"HTTP/1.1 200 OK\r\nx-big: ");
+        conn.buf.resize(MAX_HEAD + 1, b'a');
+        conn.buf.extend_from_slice(b"\r\n\r\n");
+        assert!(matches!(conn.parse_head(), Err(Error::HeadTooLarge)));
+        // Just under the limit: parsed.
+        let mut conn = Connection::new(duplex(16).0);
+        conn.buf.extend_from_slice(b"HTTP/1.1 200 OK\r\nx-big: ");
+        conn.buf.resize(MAX_HEAD - 4, b'a');
+        conn.buf.extend_from_slice(b"\r\n\r\n");
+        let head = conn.parse_head().expect("parsed").expect("complete");
+        assert_eq!(head.status, StatusCode::OK);
     }
 
     #[tokio::test]
@@ -1161,18 +1191,6 @@ mod tests {
             .expect("write");
         assert!(!conn.is_usable(), "bytes nobody asked for");
     }
-}
-
-#[cfg(test)]
-mod more_tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use http::Request;
-    use http_body_util::{BodyExt, Empty, Full};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
-
-    use super::*;
 
     #[test]
     fn only_bodyless_origin_form_http11_requests_that_are_not_connect_fit() {
@@ -1196,24 +1214,6 @@ mod more_tests {
         assert!(!fits(&with_body));
     }
 
-    #[tokio::test]
-    async fn connect_is_refused_before_anything_is_written() {
-        let (client, mut server) = duplex(1024);
-        let (parts, ()) = Request::connect("svc:443")
-            .body(())
-            .expect("request")
-            .into_parts();
-        let err = Connection::new(client)
-            .send(&parts)
-            .await
-            .err()
-            .expect("refused");
-        assert!(matches!(err, Error::Unsupported("CONNECT")), "{err}");
-        let mut rest = Vec::new();
-        server.read_to_end(&mut rest).await.expect("read");
-        assert!(rest.is_empty(), "nothing was sent");
-    }
-
     /// Sends a GET and answers it with `answer`; the server end stays open.
     async fn answered(
         answer: &'static [u8],
@@ -1221,12 +1221,7 @@ mod more_tests {
         let (client, mut server) = duplex(64 * 1024);
         let (parts, ()) = Request::get("/").body(()).expect("request").into_parts();
         let serve = async {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                server.read_exact(&mut byte).await.expect("request");
-                head.push(byte[0]);
-            }
+            read_request(&mut server).await;
             server.write_all(answer).await.expect("answer");
         };
         let (resp, ()) = tokio::join!(Connection::new(client).send(&parts), serve);
@@ -1241,8 +1236,6 @@ mod more_tests {
         }));
         handed
     }
-
-    use tokio::io::DuplexStream;
 
     #[tokio::test]
     async fn the_connection_is_handed_back_once_and_only_after_the_whole_body() {

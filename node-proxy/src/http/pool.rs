@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::UpstreamConnector;
-use super::body::{BoxError, HttpBody, boxed, empty};
+use super::body::{BoxError, HttpBody, boxed};
 use super::h1;
 use super::routes::UpstreamProtocol;
 use crate::tunnel::client::Io;
@@ -270,9 +270,11 @@ impl Pool {
             Sender::H1(sender) => H1::Hyper(sender),
             Sender::Lean(conn) => H1::Lean(conn),
         };
+        // Only by age: whether the others still work is checked when one is
+        // taken (and by the sweep), not for every request that ends.
         let now = Instant::now();
         let timeout = self.idle_timeout;
-        entry.idle.retain_mut(|i| i.is_live(now, timeout));
+        entry.idle.retain(|i| now.duration_since(i.since) < timeout);
         if entry.idle.len() < self.max_idle {
             entry.idle.push(Idle { conn, since: now });
         }
@@ -405,23 +407,17 @@ impl Pool {
             }
             Sender::Lean(conn) => {
                 let (parts, _) = req.into_parts();
-                let mut resp = conn.send(&parts).await.map_err(|source| {
+                let pool = Arc::downgrade(self);
+                let (back, connector) = (key.clone(), connector.clone());
+                let give_back = Box::new(move |conn| {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.checkin(back, &connector, Sender::Lean(conn));
+                    }
+                });
+                conn.exchange(&parts, give_back).await.map_err(|source| {
                     self.prune(&key);
                     UpstreamError::Exchange { addr, source }
-                })?;
-                let pool = Arc::downgrade(self);
-                let connector = connector.clone();
-                resp.body_mut().on_reusable(Box::new(move |conn| {
-                    if let Some(pool) = pool.upgrade() {
-                        pool.checkin(key, &connector, Sender::Lean(conn));
-                    }
-                }));
-                if resp.body().is_end_stream() {
-                    // No body to read (HEAD, 204, 304, length 0): the
-                    // connection is back in the pool already.
-                    return Ok(resp.map(|_| empty()));
-                }
-                Ok(resp.map(boxed))
+                })
             }
         }
     }

@@ -30,7 +30,7 @@ use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -304,28 +304,23 @@ impl Server {
             }
             Sender::Lean(conn) => {
                 let (parts, _) = req.into_parts();
-                let mut resp = conn
-                    .send(&parts)
-                    .await
-                    .map_err(|source| LocalReply::Upstream {
-                        addr,
-                        source: source.into(),
-                    })?;
                 // Back for the next request once this response is read.
                 let slot = self.upstream.clone();
-                resp.body_mut().on_reusable(Box::new(move |conn| {
+                let give_back = Box::new(move |conn| {
                     if let Ok(mut slot) = slot.try_lock()
                         && slot.is_none()
                     {
                         *slot = Some(Sender::Lean(conn));
                     }
-                }));
-                strip_hop_by_hop(resp.headers_mut(), false);
-                return Ok(if resp.body().is_end_stream() {
-                    resp.map(|_| empty())
-                } else {
-                    resp.map(boxed)
                 });
+                let mut resp = conn.exchange(&parts, give_back).await.map_err(|source| {
+                    LocalReply::Upstream {
+                        addr,
+                        source: source.into(),
+                    }
+                })?;
+                strip_hop_by_hop(resp.headers_mut(), false);
+                return Ok(resp);
             }
         };
         strip_hop_by_hop(resp.headers_mut(), false);

@@ -99,6 +99,31 @@ impl Borrow<AuthorizationPolicy> for PolicyRef {
     }
 }
 
+impl PodView {
+    /// How `port` is served (TCP when no Service maps it).
+    fn port_mode(&self, port: u16) -> PortMode {
+        self.ports.get(&port).copied().unwrap_or_default()
+    }
+
+    /// The L4 decision for a connection under this view's policies.
+    fn evaluate_l4(
+        &self,
+        peer: Option<&SpiffeId>,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> authz::Evaluation {
+        authz::evaluate(
+            &self.policies,
+            &Connection {
+                peer,
+                peer_ip: peer_addr.ip(),
+                port: target.port(),
+                request: None,
+            },
+        )
+    }
+}
+
 /// The [`PodView`] of the config in force, computed on first use after
 /// each new version.
 #[derive(Debug)]
@@ -113,10 +138,11 @@ impl PodViews {
         let mut cached = self.cached.lock();
         // Read under the lock: a caller holding an older version cannot
         // overwrite a newer one.
-        let config = self.config.borrow().clone();
+        let config = self.config.borrow();
         match cached.as_ref() {
             Some((of, view)) if Arc::ptr_eq(of, &config) => view.clone(),
             _ => {
+                let config = config.clone();
                 let view = Arc::new(pod_view(&config, &self.uid));
                 *cached = Some((config, view.clone()));
                 view
@@ -126,12 +152,20 @@ impl PodViews {
 }
 
 /// How a port that Services map is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct PortMode {
     /// Every Service mapping it declares it HTTP.
     http: bool,
     /// A policy of the pod with methods or paths applies to it.
     needs_requests: bool,
+}
+
+impl PortMode {
+    /// Served as HTTP request by request: an HTTP port whose requests a
+    /// policy looks at.
+    fn serves_requests(self) -> bool {
+        self.http && self.needs_requests
+    }
 }
 
 /// A pod's ports that Services map.
@@ -185,20 +219,12 @@ impl PodInbound {
     /// HTTP port that a policy with methods or paths applies to.
     #[cfg(test)]
     pub(crate) fn serves_requests(&self, port: u16) -> bool {
-        let mode = self.port_mode(port);
-        mode.http && mode.needs_requests
+        self.port_mode(port).serves_requests()
     }
 
+    #[cfg(test)]
     fn port_mode(&self, port: u16) -> PortMode {
-        self.view
-            .current()
-            .ports
-            .get(&port)
-            .copied()
-            .unwrap_or(PortMode {
-                http: false,
-                needs_requests: false,
-            })
+        self.view.current().port_mode(port)
     }
 
     /// A plaintext connection captured on 15006 (from outside the mesh): no
@@ -224,9 +250,12 @@ impl PodInbound {
         target: SocketAddr,
     ) -> Result<Admitted<TcpStream>, Refusal> {
         self.check_target(target)?;
-        let mode = self.port_mode(target.port());
-        if !(mode.http && mode.needs_requests) {
-            let eval = self.evaluate_l4(peer, peer_addr, target);
+        // One view for the whole decision: port mode and policy of the
+        // same config version.
+        let view = self.view.current();
+        let mode = view.port_mode(target.port());
+        if !mode.serves_requests() {
+            let eval = view.evaluate_l4(peer, peer_addr, target);
             // A peer the policy denies still gets its `403`s (with the
             // policy's name) on an HTTP port, not a reset.
             if !(mode.http && matches!(eval.decision, Decision::Deny { .. })) {
@@ -269,15 +298,7 @@ impl PodInbound {
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> authz::Evaluation {
-        authz::evaluate(
-            &self.view.current().policies,
-            &Connection {
-                peer,
-                peer_ip: peer_addr.ip(),
-                port: target.port(),
-                request: None,
-            },
-        )
+        self.view.current().evaluate_l4(peer, peer_addr, target)
     }
 
     /// Resolves when a configuration change makes the policy deny a
