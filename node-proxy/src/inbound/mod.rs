@@ -291,16 +291,6 @@ impl PodInbound {
         }
     }
 
-    /// The L4 decision for a connection under the policy in force now.
-    fn evaluate_l4(
-        &self,
-        peer: Option<&SpiffeId>,
-        peer_addr: SocketAddr,
-        target: SocketAddr,
-    ) -> authz::Evaluation {
-        self.view.current().evaluate_l4(peer, peer_addr, target)
-    }
-
     /// Resolves when a configuration change makes the policy deny a
     /// connection it admitted (as ztunnel does, a policy applies to open
     /// connections too, not only to new ones), with the reason.
@@ -317,7 +307,12 @@ impl PodInbound {
                 // No more configuration: what was admitted stays admitted.
                 return std::future::pending().await;
             }
-            if let Decision::Deny { reason } = self.evaluate_l4(peer, peer_addr, target).decision {
+            if let Decision::Deny { reason } = self
+                .view
+                .current()
+                .evaluate_l4(peer, peer_addr, target)
+                .decision
+            {
                 self.stats.denied.fetch_add(1, Ordering::Relaxed);
                 let who = peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
                 tracing::info!(pod = %self.uid, peer = %who, %peer_addr, %target, %reason, "open connection closed: the policy now denies it");
@@ -334,7 +329,7 @@ impl PodInbound {
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> Result<TcpStream, Refusal> {
-        let eval = self.evaluate_l4(peer, peer_addr, target);
+        let eval = self.view.current().evaluate_l4(peer, peer_addr, target);
         self.connect_decided(eval, peer, peer_addr, target).await
     }
 
