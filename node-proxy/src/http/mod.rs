@@ -2,7 +2,9 @@
 //! a Service port that speaks HTTP (see [`is_http`]).
 //!
 //! A captured client connection is served by [`HttpOutbound::serve`]
-//! (HTTP/1.1 or HTTP/2 with prior knowledge, detected). Every request, also
+//! (HTTP/1.1 or HTTP/2 with prior knowledge, detected; plain HTTP/1.1
+//! requests without a body are read and answered in the connection's own
+//! task, everything else by hyper's server). Every request, also
 //! on kept-alive connections, is routed on its own: the destination
 //! Service port and the client's namespace select a route table (consumer
 //! routes of that namespace, else producer routes, else none: straight to
@@ -20,6 +22,8 @@
 //!   HTTP/1.1 exchange of a request without a body, in the caller's task.
 //! - `retry`: retry budget and backoff, `body`: replayable and mirrored bodies.
 //! - `respond`: the one place errors become responses ([`HttpError`]).
+//! - `serve`: a client connection: plain HTTP/1.1 requests served in its
+//!   task, the rest of the connection handed to hyper's server.
 
 mod body;
 mod filters;
@@ -31,6 +35,7 @@ mod proxy;
 mod respond;
 mod retry;
 pub mod routes;
+mod serve;
 
 #[cfg(test)]
 mod tests;
@@ -52,6 +57,7 @@ pub(crate) use proxy::strip_hop_by_hop;
 pub use respond::HttpError;
 pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};
+pub(crate) use serve::serve;
 
 /// Set by the destination node proxy on its own reply when the app refused
 /// or dropped the connection (`connect` or `reset`) while it served the

@@ -12,7 +12,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -27,7 +27,7 @@ use super::pool::Pool;
 use super::respond::{HttpError, error_response, redirect_response};
 use super::retry::{RetryBudget, backoff, grpc_to_http};
 use super::routes::{
-    Backend, BackendTarget, Filter, HeaderModifier, Mirror, PortTarget, Routes, Rule, ServiceKey,
+    Backend, BackendTarget, Filter, HeaderModifier, Mirror, Routes, Rule, ServiceKey,
     UpstreamProtocol,
 };
 use super::{ClientContext, HttpSettings};
@@ -170,12 +170,45 @@ fn has_only_host(headers: &HeaderMap, host: &str) -> bool {
 
 /// Where a request goes once its route (if any) is applied.
 struct Plan<'a> {
-    endpoints: &'a [Endpoint],
+    endpoints: Endpoints<'a>,
     protocol: UpstreamProtocol,
     /// The Service, for errors and the retry budget (`None`: not a Service).
     service: Option<(&'a ServiceKey, u16)>,
     rule: Option<&'a Rule>,
     response_filters: Vec<&'a HeaderModifier>,
+}
+
+/// The endpoints a request may go to.
+enum Endpoints<'a> {
+    /// A Service's ready endpoints, from the routes.
+    Service(&'a [Endpoint]),
+    /// Not a Service: the address the client asked for.
+    Direct([Endpoint; 1]),
+}
+
+impl Endpoints<'_> {
+    fn as_slice(&self) -> &[Endpoint] {
+        match self {
+            Self::Service(endpoints) => endpoints,
+            Self::Direct(endpoint) => endpoint,
+        }
+    }
+}
+
+/// What [`HttpOutbound::plan`] decided.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing the common variant would allocate"
+)]
+enum Planned<'a> {
+    /// Forward `out` with `body` as `plan` says.
+    Forward {
+        plan: Plan<'a>,
+        out: Outgoing,
+        body: HttpBody,
+    },
+    /// A filter answered the request itself.
+    Respond(Response<HttpBody>),
 }
 
 /// Removes the connection-specific headers (RFC 9110 §7.6.1): those the
@@ -353,6 +386,9 @@ impl HttpOutbound {
 
     /// Serves one captured client connection (HTTP/1.1 or HTTP/2 with
     /// prior knowledge) until it closes. Dropping the future closes it.
+    /// Plain HTTP/1.1 requests are answered in this task; the connection
+    /// goes to hyper's server from its first other request on (see
+    /// [`super::serve`]).
     pub async fn serve<IO>(&self, io: IO, client: ClientContext)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -360,16 +396,14 @@ impl HttpOutbound {
         let this = self.clone();
         let client = Arc::new(client);
         let destination = client.destination;
+        let shared = client.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            let client = client.clone();
+            let client = shared.clone();
             async move { Ok::<_, Infallible>(this.handle(req, &client).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        if let Err(e) = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .await
-        {
+        let lean = |req| self.handle(req, &client);
+        if let Err(e) = super::serve::serve(io, lean, service).await {
             tracing::debug!(%destination, error = %e, "client HTTP connection ended");
         }
     }
@@ -429,14 +463,35 @@ impl HttpOutbound {
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let routes = self.routes();
         let (mut parts, body) = req.into_parts();
-        let mut body = boxed(body);
+        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        let (plan, out, body) = match self.plan(&routes, parts, boxed(body), client, grpc)? {
+            Planned::Forward { plan, out, body } => (plan, out, body),
+            Planned::Respond(resp) => return Ok(resp),
+        };
+        // The one place a request is forwarded from: each `.await` of a
+        // future makes room for it in this future, which hyper moves per
+        // request.
+        self.forward(out, body, plan, client, upgrade).await
+    }
+
+    /// Where the request goes: the route's rule and backend, with the
+    /// rule's and the backend's filters applied to `out`, or the answer a
+    /// filter gives itself (a redirect). Returns the body to forward (a tee
+    /// when the request is mirrored).
+    fn plan<'r>(
+        &self,
+        routes: &'r Routes,
+        mut parts: http::request::Parts,
+        mut body: HttpBody,
+        client: &ClientContext,
+        grpc: bool,
+    ) -> Result<Planned<'r>, HttpError> {
         let original_host = parts
             .headers
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
         let path = match parts.uri.path() {
             "" => "/",
             p => p,
@@ -451,38 +506,34 @@ impl HttpOutbound {
             target: parts.uri.path_and_query().cloned(),
         };
 
-        let Some(target) = routes.by_vip(client.destination).cloned() else {
+        let Some(target) = routes.by_vip(client.destination) else {
             // Not a Service: straight to the address the client asked for.
-            let endpoints = [Endpoint {
-                addr: client.destination,
-                workload_uid: String::new(),
-            }];
             let protocol = if parts.version == Version::HTTP_2 {
                 UpstreamProtocol::Http2
             } else {
                 UpstreamProtocol::Http1
             };
             let plan = Plan {
-                endpoints: &endpoints,
+                endpoints: Endpoints::Direct([Endpoint {
+                    addr: client.destination,
+                    workload_uid: String::new(),
+                }]),
                 protocol,
                 service: None,
                 rule: None,
                 response_filters: Vec::new(),
             };
-            return self.forward(out, body, plan, client, upgrade).await;
+            return Ok(Planned::Forward { plan, out, body });
         };
-        let Some(table) = routes
-            .table(&target.service, target.port, &client.namespace)
-            .cloned()
-        else {
+        let Some(table) = routes.table(&target.service, target.port, &client.namespace) else {
             let plan = Plan {
-                endpoints: &target.endpoints,
+                endpoints: Endpoints::Service(&target.endpoints),
                 protocol: target.protocol,
                 service: Some((&target.service, target.port)),
                 rule: None,
                 response_filters: Vec::new(),
             };
-            return self.forward(out, body, plan, client, upgrade).await;
+            return Ok(Planned::Forward { plan, out, body });
         };
 
         let info = RequestInfo {
@@ -493,7 +544,7 @@ impl HttpOutbound {
             headers: &out.headers,
             grpc,
         };
-        let Some(selected) = select(&table, &info) else {
+        let Some(selected) = select(table, &info) else {
             return Err(HttpError::NoRoute {
                 method: parts.method.to_string(),
                 path: path.to_owned(),
@@ -519,7 +570,7 @@ impl HttpOutbound {
             &mut response_filters,
             &mut mirrors,
         ) {
-            return Ok(resp);
+            return Ok(Planned::Respond(resp));
         }
         let backend = choose_backend(&rule.backends, rule.total_weight).ok_or_else(|| {
             HttpError::NoBackends {
@@ -540,27 +591,26 @@ impl HttpOutbound {
             &mut response_filters,
             &mut mirrors,
         ) {
-            return Ok(resp);
+            return Ok(Planned::Respond(resp));
         }
-        let backend_target: Arc<PortTarget> =
+        let backend_target =
             routes
                 .port(service, port)
-                .cloned()
                 .ok_or_else(|| HttpError::UnknownBackend {
                     service: service.clone(),
                     port,
                 })?;
         for m in mirrors.into_iter().filter(|m| sampled(m)) {
-            body = self.mirror(m, &out, body, &routes, client);
+            body = self.mirror(m, &out, body, routes, client);
         }
         let plan = Plan {
-            endpoints: &backend_target.endpoints,
+            endpoints: Endpoints::Service(&backend_target.endpoints),
             protocol: backend_target.protocol,
             service: Some((&backend_target.service, backend_target.port)),
             rule: Some(rule),
             response_filters,
         };
-        self.forward(out, body, plan, client, upgrade).await
+        Ok(Planned::Forward { plan, out, body })
     }
 
     /// Sends a copy of `out` to the mirror's Service, fire and forget;
@@ -641,12 +691,15 @@ impl HttpOutbound {
         }
         let timeout = plan.rule.and_then(|r| r.request_timeout);
         let deadline = timeout.map(|t| (Instant::now() + t, t));
-        let attempts = self.attempts(out, body, &plan, client, deadline);
+        // Each branch makes its own future: one named and then awaited
+        // would take room twice in this future, which is moved per request.
         let (mut resp, in_flight) = match deadline {
-            Some((at, t)) => tokio::time::timeout_at(at, attempts)
-                .await
-                .map_err(|_| HttpError::RequestTimeout(t))??,
-            None => attempts.await?,
+            Some((at, t)) => {
+                tokio::time::timeout_at(at, self.attempts(out, body, &plan, client, deadline))
+                    .await
+                    .map_err(|_| HttpError::RequestTimeout(t))??
+            }
+            None => self.attempts(out, body, &plan, client, deadline).await?,
         };
         strip_hop_by_hop(resp.headers_mut(), false);
         for m in &plan.response_filters {
@@ -712,7 +765,7 @@ impl HttpOutbound {
             let (endpoint, in_flight) = self
                 .inner
                 .balancer
-                .pick_excluding(plan.endpoints, last_failed)
+                .pick_excluding(plan.endpoints.as_slice(), last_failed)
                 .ok_or_else(|| Self::no_endpoints(plan))?;
             // Without a retry policy (or a replayable body) this attempt is
             // the only one.
@@ -721,16 +774,22 @@ impl HttpOutbound {
             } else {
                 out.build(plan.protocol, endpoint.addr, body)?
             };
-            let sent = self
-                .inner
-                .pool
-                .send(&client.connector, endpoint.addr, plan.protocol, req);
+            let pool = &self.inner.pool;
+            let (connector, addr) = (&client.connector, endpoint.addr);
+            // As in `forward`: one future per branch, not one named future.
             let mut outcome = match backend_timeout {
-                Some(t) => match tokio::time::timeout(t, sent).await {
-                    Ok(r) => r.map_err(HttpError::from),
-                    Err(_) => Err(HttpError::BackendTimeout(t)),
-                },
-                None => sent.await.map_err(HttpError::from),
+                Some(t) => {
+                    match tokio::time::timeout(t, pool.send(connector, addr, plan.protocol, req))
+                        .await
+                    {
+                        Ok(r) => r.map_err(HttpError::from),
+                        Err(_) => Err(HttpError::BackendTimeout(t)),
+                    }
+                }
+                None => pool
+                    .send(connector, addr, plan.protocol, req)
+                    .await
+                    .map_err(HttpError::from),
             };
             // The destination proxy could not reach the app: a connection
             // error, as if this proxy's own connection had failed.
@@ -809,7 +868,7 @@ impl HttpOutbound {
         let (endpoint, in_flight) = self
             .inner
             .balancer
-            .pick(plan.endpoints)
+            .pick(plan.endpoints.as_slice())
             .ok_or_else(|| Self::no_endpoints(plan))?;
         let req = out.build(UpstreamProtocol::Http1, endpoint.addr, body)?;
         let mut resp = self

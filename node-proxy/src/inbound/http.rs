@@ -17,6 +17,9 @@
 //! multiplexed on one connection (the app speaks what the client speaks).
 //! Bodies and trailers (gRPC) are streamed through; upgrades (WebSocket)
 //! get a dedicated upstream connection and are spliced after the `101`.
+//! Plain HTTP/1.1 requests (no body, no upgrade) are read and answered by
+//! the stream's own task ([`crate::http::serve`]); hyper's server takes the
+//! stream from its first other request on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,7 +33,7 @@ use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -98,16 +101,16 @@ impl HttpStream {
             stream: self,
             upstream: Slot::default(),
         });
+        let shared = server.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let server = server.clone();
+            let server = shared.clone();
             async move { Ok::<_, Infallible>(server.handle(req).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Plain HTTP/1.1 requests are answered in this task; hyper serves
+        // the stream from its first other request on.
+        let lean = |req| server.handle(req);
         async move {
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .await
-            {
+            if let Err(e) = crate::http::serve(io, lean, service).await {
                 tracing::debug!(error = %e, "inbound HTTP stream ended with an error");
             }
         }
@@ -125,8 +128,8 @@ impl ServeStream for HttpStream {
 
 /// The sending half of the stream's upstream connection.
 enum Sender {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<HttpBody>),
+    H2(http2::SendRequest<HttpBody>),
     /// Idle, for this stream's task to exchange the next request on.
     Lean(h1::Connection<TcpStream>),
 }
@@ -229,7 +232,11 @@ struct Server {
 
 impl Server {
     /// Authorizes, then forwards; every failure becomes a response.
-    async fn handle(&self, req: Request<Incoming>) -> Response<HttpBody> {
+    async fn handle<B>(&self, req: Request<B>) -> Response<HttpBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         let grpc = is_grpc(req.headers());
         let span =
             tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
@@ -248,7 +255,7 @@ impl Server {
     }
 
     /// The request if the pod's policies allow it, its path normalized.
-    fn authorize(&self, req: Request<Incoming>) -> Result<Request<Incoming>, LocalReply> {
+    fn authorize<B>(&self, req: Request<B>) -> Result<Request<B>, LocalReply> {
         let s = &self.stream;
         let normalized = authz::normalize_path(req.uri().path());
         let path = normalized.as_deref().unwrap_or(req.uri().path());
@@ -281,7 +288,11 @@ impl Server {
         }
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<HttpBody>, LocalReply> {
+    async fn forward<B>(&self, mut req: Request<B>) -> Result<Response<HttpBody>, LocalReply>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         if is_upgrade(&req) {
             return self.forward_upgrade(req).await;
         }
@@ -294,9 +305,15 @@ impl Server {
         let h2 = req.version() == Version::HTTP_2;
         let lean = h1::fits(&req);
         let mut resp = match self.sender(h2, lean).await? {
-            Sender::H2(mut sender) => sender.send_request(req).await.map_err(upstream)?,
+            Sender::H2(mut sender) => sender
+                .send_request(req.map(boxed))
+                .await
+                .map_err(upstream)?,
             Sender::H1(mut sender) => {
-                let resp = sender.send_request(req).await.map_err(upstream)?;
+                let resp = sender
+                    .send_request(req.map(boxed))
+                    .await
+                    .map_err(upstream)?;
                 // Back for the next request once this response is read (an
                 // HTTP/1.1 client sends it only then).
                 *self.upstream.lock().await = Some(Sender::H1(sender));
@@ -383,23 +400,26 @@ impl Server {
 
     /// Forwards an upgrade request over its own connection and, on `101`,
     /// splices the client's and the app's connections together.
-    async fn forward_upgrade(
+    async fn forward_upgrade<B>(
         &self,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<HttpBody>, LocalReply> {
+        mut req: Request<B>,
+    ) -> Result<Response<HttpBody>, LocalReply>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         let client_upgrade = hyper::upgrade::on(&mut req);
         strip_hop_by_hop(req.headers_mut(), true);
         let addr = self.stream.target;
-        let (mut sender, conn) =
-            http1::handshake(self.connect().await?)
-                .await
-                .map_err(|e| LocalReply::Connect {
-                    addr,
-                    source: e.into(),
-                })?;
+        let (mut sender, conn) = http1::handshake::<_, HttpBody>(self.connect().await?)
+            .await
+            .map_err(|e| LocalReply::Connect {
+                addr,
+                source: e.into(),
+            })?;
         tokio::spawn(conn.with_upgrades().in_current_span());
         let mut resp = sender
-            .send_request(req)
+            .send_request(req.map(boxed))
             .await
             .map_err(|source| LocalReply::Upstream {
                 addr,
@@ -447,7 +467,7 @@ async fn reusable(previous: Option<Sender>, h2: bool) -> Option<Sender> {
 }
 
 /// `req` with its path replaced by `path` (query, scheme, authority kept).
-fn with_path(req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, LocalReply> {
+fn with_path<B>(req: Request<B>, path: &str) -> Result<Request<B>, LocalReply> {
     let (mut parts, body) = req.into_parts();
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),

@@ -1,0 +1,525 @@
+//! Serving a captured client connection.
+//!
+//! Plain HTTP/1.1 requests (origin-form, no body, no `Upgrade`, `Expect` or
+//! `TE`: every GET, HEAD and DELETE of most traffic) are read and answered
+//! by the task that serves the connection: the head is parsed with
+//! `httparse`, the request goes to the engine, and the answer is written
+//! back, with no dispatcher, channel or per-request task in between.
+//!
+//! The first request that is anything else, a head this parser will not
+//! take (too large, malformed, more than [`FEW_HEADERS`] fields) and a
+//! connection that opens with the HTTP/2 preface go, with every byte read so
+//! far, to hyper's server, which serves the rest of the connection: request
+//! bodies, `100-continue`, upgrades, HTTP/2, and its `400`s for bad input.
+//!
+//! Answers keep hyper's conventions: `Content-Length` when the length is
+//! known, else chunked; no body for `HEAD`, `204` and `304`; a `Date` when
+//! the answer has none; `Connection: close` when the connection closes after
+//! it. While the engine works on a request, the connection is watched: the
+//! client's close cancels the request, as it does under hyper.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::body::{BoxError, HttpBody};
+use super::proxy::connection_tokens;
+
+/// Header fields a request may have and still be served here.
+const FEW_HEADERS: usize = 32;
+/// The largest head served here; a larger one goes to hyper, whose limits
+/// and errors apply.
+const MAX_LEAN_HEAD: usize = 16 * 1024;
+/// Free space below which the read buffer grows before a read.
+const MIN_READ_SPACE: usize = 1024;
+/// How much the read buffer grows by.
+const READ_SPACE: usize = 8 * 1024;
+/// Body chunks up to this size are copied behind the head (one write);
+/// larger ones are written on their own.
+const COALESCE: usize = 16 * 1024;
+
+/// Serves `io` until it closes: plain HTTP/1.1 requests through `lean`, and
+/// the rest of the connection, from the first other request on, through
+/// hyper's server with `service`. The error is the one that ended the
+/// connection.
+pub(crate) async fn serve<IO, L, F, S>(io: IO, mut lean: L, service: S) -> Result<(), BoxError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    L: FnMut(Request<Empty<Bytes>>) -> F,
+    F: Future<Output = Response<HttpBody>>,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<HttpBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    let mut conn = ClientConnection::new(io);
+    loop {
+        let (req, close) = match conn.next_request().await? {
+            Next::Request { req, close } => (req, close),
+            Next::Closed => return Ok(()),
+            Next::Other => break,
+        };
+        let head = req.method() == Method::HEAD;
+        let Some(resp) = conn.answer(pin!(lean(req))).await else {
+            // The client left: the request was cancelled with its future.
+            return Ok(());
+        };
+        if !conn.write_response(resp, head, close).await? {
+            let _ = conn.io.shutdown().await;
+            return Ok(());
+        }
+    }
+    let io = Prefixed {
+        prefix: conn.buf.freeze(),
+        io: conn.io,
+    };
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+}
+
+/// What the client sent next.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing the request would allocate"
+)]
+enum Next {
+    /// A request to serve here; `close`: it asked for the connection to
+    /// close after the answer.
+    Request {
+        req: Request<Empty<Bytes>>,
+        close: bool,
+    },
+    /// Something for hyper (still in the buffer, not consumed).
+    Other,
+    /// The client closed the connection between requests.
+    Closed,
+}
+
+/// The client connection while it is served here.
+struct ClientConnection<IO> {
+    io: IO,
+    /// Read but not consumed: the next request's bytes.
+    buf: BytesMut,
+    /// The answer's head and small body chunks, written together.
+    out: Vec<u8>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
+    fn new(io: IO) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    async fn next_request(&mut self) -> io::Result<Next> {
+        loop {
+            if !self.buf.is_empty() {
+                match self.parse() {
+                    Some(next) => return Ok(next),
+                    None if self.buf.len() < MAX_LEAN_HEAD => {}
+                    None => return Ok(Next::Other),
+                }
+            }
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                // A close between requests ends the connection; a close
+                // inside a head is hyper's to answer.
+                return Ok(if self.buf.is_empty() {
+                    Next::Closed
+                } else {
+                    Next::Other
+                });
+            }
+        }
+    }
+
+    /// Parses a complete plain request off the front of the buffer: `None`
+    /// while the head is not complete, [`Next::Other`] when it is not plain.
+    fn parse(&mut self) -> Option<Next> {
+        let mut fields = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let mut parsed = httparse::Request::new(&mut fields);
+        let len = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return None,
+            Err(_) => return Some(Next::Other),
+        };
+        let (Some(method), Some(path), Some(1)) = (parsed.method, parsed.path, parsed.version)
+        else {
+            return Some(Next::Other);
+        };
+        // Origin-form only: CONNECT's authority-form, `OPTIONS *` and
+        // absolute-form go to hyper.
+        if !path.starts_with('/') {
+            return Some(Next::Other);
+        }
+        let base = self.buf.as_ptr() as usize;
+        let at = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        let mut close = false;
+        let mut spans: [(Range<usize>, Range<usize>); FEW_HEADERS] =
+            std::array::from_fn(|_| (0..0, 0..0));
+        for (field, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+            let name = field.name;
+            let plain = if name.eq_ignore_ascii_case("connection") {
+                connection_allows_lean(field.value, &mut close)
+            } else {
+                // A body, an upgrade, an expectation or trailers: hyper's.
+                ![
+                    "content-length",
+                    "transfer-encoding",
+                    "upgrade",
+                    "expect",
+                    "te",
+                ]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+            };
+            if !plain {
+                return Some(Next::Other);
+            }
+            *span = (at(name.as_bytes()), at(field.value));
+        }
+        let count = parsed.headers.len();
+        let (method, path) = (at(method.as_bytes()), at(path.as_bytes()));
+        let head = self.buf.split_to(len).freeze();
+        match build_request(&head, method, path, &spans[..count]) {
+            Some(req) => Some(Next::Request { req, close }),
+            None => {
+                // Not taken after all: put the head back for hyper.
+                let mut buf = BytesMut::with_capacity(head.len() + self.buf.len());
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&self.buf);
+                self.buf = buf;
+                Some(Next::Other)
+            }
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` is the client's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
+            self.buf.reserve(READ_SPACE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// The engine's answer, or `None` when the client closes the connection
+    /// (or it fails) first. Bytes the client sends meanwhile (a pipelined
+    /// request) wait in the buffer.
+    async fn answer<F>(&mut self, mut answer: Pin<&mut F>) -> Option<Response<HttpBody>>
+    where
+        F: Future<Output = Response<HttpBody>>,
+    {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(resp) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            while self.buf.len() < MAX_LEAN_HEAD {
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes `resp`; `head`: it answers a HEAD; `close`: the request asked
+    /// for the connection to close. Returns whether the connection can
+    /// carry another request.
+    async fn write_response(
+        &mut self,
+        resp: Response<HttpBody>,
+        head: bool,
+        close: bool,
+    ) -> io::Result<bool> {
+        let (mut parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        let close =
+            close || connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("close"));
+        // The framing is this connection's to choose.
+        parts.headers.remove(TRANSFER_ENCODING);
+        // 1xx, 204 and 304 have no body and no length; the answer to a HEAD
+        // has the length the GET's body would have, and no body.
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+            Some(reason) => out.extend_from_slice(reason.as_bytes()),
+            None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+        let framing = if bodiless {
+            Framing::None
+        } else if let Some(value) = parts.headers.get(CONTENT_LENGTH) {
+            match value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                Some(length) => Framing::Length(length),
+                None => {
+                    return Err(io::Error::other(format!(
+                        "the answer's Content-Length {value:?} is not a number"
+                    )));
+                }
+            }
+        } else if let Some(length) = body.size_hint().exact() {
+            field(out, "content-length", length.to_string().as_bytes());
+            Framing::Length(length)
+        } else if head {
+            Framing::None
+        } else {
+            field(out, "transfer-encoding", b"chunked");
+            Framing::Chunked
+        };
+        let framing = if head { Framing::None } else { framing };
+        if !parts.headers.contains_key(DATE) {
+            DATE_CACHE.with_borrow_mut(|date| field(out, "date", date.now()));
+        }
+        if close && !parts.headers.contains_key(CONNECTION) {
+            field(out, "connection", b"close");
+        }
+        for (name, value) in &parts.headers {
+            field(out, name.as_str(), value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        if matches!(framing, Framing::None) {
+            self.flush_out().await?;
+            return Ok(!close);
+        }
+
+        let mut sent = 0u64;
+        loop {
+            // Whatever is ready goes out with the head; before waiting for
+            // more of the body, what is buffered is written.
+            let ready = {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                Pin::new(&mut body).poll_frame(&mut cx)
+            };
+            let frame = match ready {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    self.flush_out().await?;
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    return Err(io::Error::other(format!("the answer's body failed: {e}")));
+                }
+                // Trailers are dropped: the request did not ask for them (a
+                // request with `TE` is hyper's).
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+            };
+            sent += data.len() as u64;
+            match framing {
+                Framing::Length(length) if sent > length => {
+                    return Err(io::Error::other(format!(
+                        "the answer's body is longer than its Content-Length {length}"
+                    )));
+                }
+                Framing::Chunked => {
+                    self.out
+                        .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    self.push_data(data).await?;
+                    self.out.extend_from_slice(b"\r\n");
+                }
+                _ => self.push_data(data).await?,
+            }
+        }
+        match framing {
+            Framing::Length(length) if sent < length => {
+                self.flush_out().await?;
+                return Err(io::Error::other(format!(
+                    "the answer's body ended {} bytes before its Content-Length {length}",
+                    length - sent
+                )));
+            }
+            Framing::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+            _ => {}
+        }
+        self.flush_out().await?;
+        Ok(!close)
+    }
+
+    /// Appends a body chunk to the pending write, or writes it on its own
+    /// when it is large.
+    async fn push_data(&mut self, data: Bytes) -> io::Result<()> {
+        if data.len() <= COALESCE {
+            self.out.extend_from_slice(&data);
+            return Ok(());
+        }
+        self.flush_out().await?;
+        self.io.write_all(&data).await
+    }
+
+    async fn flush_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+}
+
+/// How the answer's body is framed.
+#[derive(Clone, Copy)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Whether a `Connection` field leaves the request plain: only `close` and
+/// `keep-alive` (an upgrade, or a hop-by-hop field it names, is hyper's).
+fn connection_allows_lean(value: &[u8], close: &mut bool) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    value.split(',').map(str::trim).all(|token| {
+        if token.eq_ignore_ascii_case("close") {
+            *close = true;
+            true
+        } else {
+            token.is_empty() || token.eq_ignore_ascii_case("keep-alive")
+        }
+    })
+}
+
+/// The request over the shared bytes of its head; `None` when `http` will
+/// not take a part of it (hyper then answers it).
+fn build_request(
+    head: &Bytes,
+    method: Range<usize>,
+    path: Range<usize>,
+    fields: &[(Range<usize>, Range<usize>)],
+) -> Option<Request<Empty<Bytes>>> {
+    let method = Method::from_bytes(&head[method]).ok()?;
+    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(Empty::new());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    static DATE_CACHE: RefCell<DateCache> = const { RefCell::new(DateCache { second: 0, value: Vec::new() }) };
+}
+
+/// The `Date` of the current second, formatted once per second per thread.
+struct DateCache {
+    second: u64,
+    value: Vec<u8>,
+}
+
+impl DateCache {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.value.is_empty() {
+            self.second = second;
+            self.value = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.value
+    }
+}
+
+/// The client connection handed to hyper: what was read already, then the
+/// rest of the stream.
+struct Prefixed<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! The client-connection server over in-memory pipes, byte for byte: which
+//! requests are answered here and which go to hyper (marked by the answer's
+//! `served-by`), the framing of answers, pipelining, the close rules, and
+//! cancellation when the client leaves.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::serve;
+use crate::http::body::{HttpBody, boxed, full};
+
+/// hyper's side: answers with the method, path and body it got.
+fn hyper_service() -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<HttpBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
++ 'static {
+    hyper::service::service_fn(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri,
+            String::from_utf8_lossy(&body)
+        );
+        let mut resp = Response::new(full(text));
+        resp.headers_mut()
+            .insert("served-by", HeaderValue::from_static("hyper"));
+        Ok::<_, Infallible>(resp)
+    })
+}
+
+/// The lean side: answers with the path, or per the path's instructions.
+async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
+    let path = req.uri().path().to_owned();
+    let mut resp = match path.as_str() {
+        "/chunked" => {
+            let frames = [
+                Ok::<_, crate::http::body::BoxError>(Frame::data(Bytes::from("hello"))),
+                Ok(Frame::data(Bytes::from(" world"))),
+                Ok(Frame::trailers(http::HeaderMap::from_iter([(
+                    http::HeaderName::from_static("grpc-status"),
+                    HeaderValue::from_static("0"),
+                )]))),
+            ];
+            Response::new(boxed(StreamBody::new(futures_stream(frames))))
+        }
+        "/no-content" => {
+            let mut resp = Response::new(full(""));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        }
+        "/short" => {
+            let mut resp = Response::new(boxed(StreamBody::new(futures_stream([Ok::<
+                _,
+                crate::http::body::BoxError,
+            >(
+                Frame::data(Bytes::from("12345")),
+            )]))));
+            resp.headers_mut()
+                .insert("content-length", HeaderValue::from_static("10"));
+            resp
+        }
+        "/reason" => {
+            let mut resp = Response::new(full("x"));
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Indeed"));
+            resp
+        }
+        _ => {
+            let host = req
+                .headers()
+                .get("host")
+                .map_or("-", |h| h.to_str().unwrap_or("?"));
+            Response::new(full(format!("{} {path} {host}", req.method())))
+        }
+    };
+    resp.headers_mut()
+        .insert("served-by", HeaderValue::from_static("lean"));
+    resp
+}
+
+/// A stream of ready items (each `Frame` at once, then the end).
+fn futures_stream<T: Send + Sync + 'static, const N: usize>(
+    items: [T; N],
+) -> impl tokio_stream::Stream<Item = T> + Send + Sync + 'static {
+    tokio_stream::iter(items)
+}
+
+/// Serves one connection, writes `input`, and returns everything the
+/// server wrote until it closed the connection (the last request asks for
+/// the close), with `date` fields replaced by `date: <date>`.
+async fn exchange(input: &[u8]) -> String {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let out = talk(client, input).await;
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the server ends with the connection")
+        .expect("the server task")
+        .expect("the connection ends cleanly");
+    out
+}
+
+async fn talk(mut client: DuplexStream, input: &[u8]) -> String {
+    client.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    without_dates(&String::from_utf8(out).unwrap())
+}
+
+fn without_dates(text: &str) -> String {
+    text.split("\r\n")
+        .map(|line| {
+            if let Some(date) = line.strip_prefix("date: ") {
+                assert!(httpdate::parse_http_date(date).is_ok(), "{line}");
+                "date: <date>"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[tokio::test]
+async fn plain_requests_are_answered_here_in_order_and_close_on_request() {
+    // Three requests in one write (pipelined); the last asks for the close.
+    let out = exchange(
+        b"GET /a?q=1 HTTP/1.1\r\nHost: svc\r\n\r\n\
+          HEAD /b HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive\r\n\r\n\
+          DELETE /c HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-length: 10\r\ndate: <date>\r\nserved-by: lean\r\n\r\n\
+         GET /a svc\
+         HTTP/1.1 200 OK\r\ncontent-length: 11\r\ndate: <date>\r\nserved-by: lean\r\n\r\n\
+         HTTP/1.1 200 OK\r\ncontent-length: 13\r\ndate: <date>\r\nconnection: close\r\n\
+         served-by: lean\r\n\r\nDELETE /c svc"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_length_is_chunked_and_unasked_trailers_are_dropped() {
+    let out = exchange(b"GET /chunked HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: <date>\r\nconnection: close\r\n\
+         served-by: lean\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn no_content_has_no_body_and_reason_phrases_are_kept() {
+    let out = exchange(
+        b"GET /no-content HTTP/1.1\r\n\r\nGET /reason HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 204 No Content\r\ndate: <date>\r\nserved-by: lean\r\n\r\n\
+         HTTP/1.1 200 Fine Indeed\r\ncontent-length: 1\r\ndate: <date>\r\nconnection: close\r\n\
+         served-by: lean\r\n\r\nx"
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_hands_the_rest_of_the_connection_to_hyper() {
+    let out = exchange(
+        b"GET /first HTTP/1.1\r\nHost: svc\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello\
+          GET /after HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let served: Vec<&str> = out
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("served-by: "))
+        .collect();
+    assert_eq!(served, ["lean", "hyper", "hyper"], "{out}");
+    assert!(out.contains("GET /first svc"), "{out}");
+    assert!(out.contains("POST /upload hello"), "{out}");
+    assert!(out.contains("GET /after "), "{out}");
+}
+
+#[tokio::test]
+async fn requests_that_are_not_plain_go_to_hyper() {
+    for head in [
+        // A body, chunked.
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        // An expectation.
+        "GET / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        // Trailers asked for.
+        "GET / HTTP/1.1\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        // A Connection token other than close and keep-alive.
+        "GET / HTTP/1.1\r\nConnection: close, x-hop\r\nX-Hop: 1\r\n\r\n",
+        // Absolute-form.
+        "GET http://svc/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+        // HTTP/1.0.
+        "GET / HTTP/1.0\r\n\r\n",
+        // More fields than served here.
+        &format!(
+            "GET / HTTP/1.1\r\n{}Connection: close\r\n\r\n",
+            (0..40)
+                .map(|i| format!("x-{i}: {i}\r\n"))
+                .collect::<String>()
+        ),
+    ] {
+        let out = exchange(head.as_bytes()).await;
+        assert!(out.contains("served-by: hyper"), "{head:?} → {out}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_head_gets_hypers_400() {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let out = talk(client, b"GET / HTTP/1.1\r\nno colon here\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    let err = served.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("invalid HTTP header"), "{err}");
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_goes_to_hyper() {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(serve(server, lean, hyper_service()));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(client),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://svc/h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["served-by"], "hyper");
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_closes_the_connection() {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let out = talk(client, b"GET /short HTTP/1.1\r\n\r\n").await;
+    assert!(out.ends_with("\r\n\r\n12345"), "{out}");
+    let err = served.await.unwrap().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("ended 5 bytes before its Content-Length 10"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_clients_close_cancels_the_request() {
+    struct Guard(Arc<AtomicBool>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let (started, dropped) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let handler = {
+        let (started, dropped) = (started.clone(), dropped.clone());
+        move |_req| {
+            let guard = Guard(dropped.clone());
+            started.store(true, Ordering::SeqCst);
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<HttpBody>>().await
+            }
+        }
+    };
+    let served = tokio::spawn(serve(server, handler, hyper_service()));
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !started.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!dropped.load(Ordering::SeqCst));
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the server ends when the client leaves")
+        .unwrap()
+        .unwrap();
+    assert!(dropped.load(Ordering::SeqCst), "the request was cancelled");
+}
