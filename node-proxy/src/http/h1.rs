@@ -434,7 +434,7 @@ fn framing(
 }
 
 /// The one `Content-Length` of the head (repeated values must agree).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         let invalid =

@@ -462,12 +462,13 @@ impl HttpOutbound {
     {
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let routes = self.routes();
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        let (plan, out, body) = match self.plan(&routes, parts, boxed(body), client, grpc)? {
-            Planned::Forward { plan, out, body } => (plan, out, body),
-            Planned::Respond(resp) => return Ok(resp),
-        };
+        let (parts, body) = req.into_parts();
+        let upgrading = upgrade.is_some();
+        let (plan, out, body) =
+            match self.plan(&routes, parts, boxed(body), upgrading, client, grpc)? {
+                Planned::Forward { plan, out, body } => (plan, out, body),
+                Planned::Respond(resp) => return Ok(resp),
+            };
         // The one place a request is forwarded from: each `.await` of a
         // future makes room for it in this future, which hyper moves per
         // request.
@@ -477,21 +478,25 @@ impl HttpOutbound {
     /// Where the request goes: the route's rule and backend, with the
     /// rule's and the backend's filters applied to `out`, or the answer a
     /// filter gives itself (a redirect). Returns the body to forward (a tee
-    /// when the request is mirrored).
+    /// when the request is mirrored). `upgrading`: the request asks for an
+    /// upgrade (its `Connection: upgrade` and `Upgrade` are kept).
     fn plan<'r>(
         &self,
         routes: &'r Routes,
         mut parts: http::request::Parts,
         mut body: HttpBody,
+        upgrading: bool,
         client: &ClientContext,
         grpc: bool,
     ) -> Result<Planned<'r>, HttpError> {
+        // Read before the hop-by-hop fields go (`Connection: host` names it).
         let original_host = parts
             .headers
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        strip_hop_by_hop(&mut parts.headers, upgrading);
         let path = match parts.uri.path() {
             "" => "/",
             p => p,

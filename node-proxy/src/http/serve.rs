@@ -27,16 +27,17 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Body, Incoming};
+use http_body_util::Empty;
+use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, HttpBody};
+use super::h1;
 use super::proxy::connection_tokens;
 
 /// Header fields a request may have and still be served here.
@@ -162,9 +163,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         else {
             return Some(Next::Other);
         };
-        // Origin-form only: CONNECT's authority-form, `OPTIONS *` and
-        // absolute-form go to hyper.
-        if !path.starts_with('/') {
+        // Origin-form only (`OPTIONS *` and absolute-form go to hyper), and
+        // never CONNECT, whose 2xx makes the connection a tunnel.
+        if !path.starts_with('/') || method == "CONNECT" || len > MAX_LEAN_HEAD {
             return Some(Next::Other);
         }
         let base = self.buf.as_ptr() as usize;
@@ -221,8 +222,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
     }
 
     /// The engine's answer, or `None` when the client closes the connection
-    /// (or it fails) first. Bytes the client sends meanwhile (a pipelined
-    /// request) wait in the buffer.
+    /// (or it fails) first.
     async fn answer<F>(&mut self, mut answer: Pin<&mut F>) -> Option<Response<HttpBody>>
     where
         F: Future<Output = Response<HttpBody>>,
@@ -231,16 +231,55 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             if let Poll::Ready(resp) = answer.as_mut().poll(cx) {
                 return Poll::Ready(Some(resp));
             }
-            while self.buf.len() < MAX_LEAN_HEAD {
-                match self.poll_fill(cx) {
-                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Pending => break,
-                }
+            if self.poll_gone(cx) {
+                return Poll::Ready(None);
             }
             Poll::Pending
         })
         .await
+    }
+
+    /// Watches the client while an answer is under way: whether it has
+    /// closed the connection (or it failed). As hyper does, only while
+    /// nothing is buffered: once the client sent more (the next request),
+    /// its close is no longer taken for leaving.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        self.buf.is_empty() && matches!(self.poll_fill(cx), Poll::Ready(Ok(0) | Err(_)))
+    }
+
+    /// The next frame of the answer's body; an error when the client
+    /// leaves first (the body is dropped with the connection).
+    async fn next_frame(
+        &mut self,
+        body: &mut HttpBody,
+    ) -> io::Result<Option<Result<Frame<Bytes>, BoxError>>> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                return Poll::Ready(Ok(frame));
+            }
+            if self.poll_gone(cx) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the client closed the connection during the answer",
+                )));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// A bare answer of this server's own (the engine's answer could not be
+    /// sent), after which the connection closes.
+    async fn write_error(&mut self, status: StatusCode) -> io::Result<bool> {
+        let out = &mut self.out;
+        out.clear();
+        status_line(out, status, None);
+        field(out, "content-length", b"0");
+        DATE_CACHE.with_borrow_mut(|date| field(out, "date", date.now()));
+        field(out, "connection", b"close");
+        out.extend_from_slice(b"\r\n");
+        self.flush_out().await?;
+        Ok(false)
     }
 
     /// Writes `resp`; `head`: it answers a HEAD; `close`: the request asked
@@ -254,54 +293,67 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
     ) -> io::Result<bool> {
         let (mut parts, mut body) = resp.into_parts();
         let status = parts.status;
-        let close =
-            close || connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("close"));
+        if status.is_informational() {
+            // As hyper: an interim answer is not the answer, and a `101` to
+            // a request that asked for no upgrade would leave the client
+            // speaking another protocol than this server.
+            tracing::debug!(%status, "the answer to a plain request is 1xx: 500");
+            return self.write_error(StatusCode::INTERNAL_SERVER_ERROR).await;
+        }
+        let declared = match h1::content_length(&parts.headers) {
+            Ok(length) => length,
+            Err(e) => {
+                tracing::debug!(error = %e, "the answer's Content-Length: 500");
+                return self.write_error(StatusCode::INTERNAL_SERVER_ERROR).await;
+            }
+        };
+        let asked_close =
+            connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("close"));
+        let close = close || asked_close;
         // The framing is this connection's to choose.
         parts.headers.remove(TRANSFER_ENCODING);
-        // 1xx, 204 and 304 have no body and no length; the answer to a HEAD
-        // has the length the GET's body would have, and no body.
-        let bodiless = status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
+        let exact = body.size_hint().exact();
         let out = &mut self.out;
         out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
-            Some(reason) => out.extend_from_slice(reason.as_bytes()),
-            None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
-        }
-        out.extend_from_slice(b"\r\n");
-        let framing = if bodiless {
+        status_line(
+            out,
+            status,
+            parts.extensions.get::<hyper::ext::ReasonPhrase>(),
+        );
+        let framing = if status == StatusCode::NO_CONTENT {
+            parts.headers.remove(CONTENT_LENGTH);
             Framing::None
-        } else if let Some(value) = parts.headers.get(CONTENT_LENGTH) {
-            match value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                Some(length) => Framing::Length(length),
-                None => {
-                    return Err(io::Error::other(format!(
-                        "the answer's Content-Length {value:?} is not a number"
-                    )));
-                }
-            }
-        } else if let Some(length) = body.size_hint().exact() {
-            field(out, "content-length", length.to_string().as_bytes());
-            Framing::Length(length)
+        } else if status == StatusCode::NOT_MODIFIED {
+            // Its fields (a Content-Length too) describe the cached answer.
+            Framing::None
         } else if head {
+            // The length the GET's body would have: the answer's field, or
+            // a known length; never an implied 0 (an empty HEAD body says
+            // nothing about the GET's).
+            if declared.is_none()
+                && let Some(length) = exact.filter(|n| *n > 0)
+            {
+                field(out, "content-length", length.to_string().as_bytes());
+            }
             Framing::None
         } else {
-            field(out, "transfer-encoding", b"chunked");
-            Framing::Chunked
+            // One length, the one the body will have: its own when known.
+            parts.headers.remove(CONTENT_LENGTH);
+            match exact.or(declared) {
+                Some(length) => {
+                    field(out, "content-length", length.to_string().as_bytes());
+                    Framing::Length(length)
+                }
+                None => {
+                    field(out, "transfer-encoding", b"chunked");
+                    Framing::Chunked
+                }
+            }
         };
-        let framing = if head { Framing::None } else { framing };
         if !parts.headers.contains_key(DATE) {
             DATE_CACHE.with_borrow_mut(|date| field(out, "date", date.now()));
         }
-        if close && !parts.headers.contains_key(CONNECTION) {
+        if close && !asked_close {
             field(out, "connection", b"close");
         }
         for (name, value) in &parts.headers {
@@ -315,8 +367,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
 
         let mut sent = 0u64;
         loop {
-            // Whatever is ready goes out with the head; before waiting for
-            // more of the body, what is buffered is written.
+            // What is ready goes out with the head; before waiting for more
+            // of the body, what is buffered is written.
             let ready = {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 Pin::new(&mut body).poll_frame(&mut cx)
@@ -325,7 +377,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     self.flush_out().await?;
-                    body.frame().await
+                    self.next_frame(&mut body).await?
                 }
             };
             let data = match frame {
@@ -368,18 +420,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             _ => {}
         }
         self.flush_out().await?;
+        if self.out.capacity() > 4 * COALESCE {
+            // A large head or chunk: its room is not kept for the next one.
+            self.out = Vec::new();
+        }
         Ok(!close)
     }
 
     /// Appends a body chunk to the pending write, or writes it on its own
     /// when it is large.
     async fn push_data(&mut self, data: Bytes) -> io::Result<()> {
-        if data.len() <= COALESCE {
-            self.out.extend_from_slice(&data);
-            return Ok(());
+        if data.len() > COALESCE {
+            self.flush_out().await?;
+            return self.io.write_all(&data).await;
         }
-        self.flush_out().await?;
-        self.io.write_all(&data).await
+        self.out.extend_from_slice(&data);
+        if self.out.len() >= COALESCE {
+            self.flush_out().await?;
+        }
+        Ok(())
     }
 
     async fn flush_out(&mut self) -> io::Result<()> {
@@ -437,6 +496,20 @@ fn build_request(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Some(req)
+}
+
+/// `HTTP/1.1 <code> <reason>`: the answer's own reason phrase, else the
+/// code's, else `<none>` (as hyper: some clients need a reason).
+fn status_line(out: &mut Vec<u8>, status: StatusCode, reason: Option<&hyper::ext::ReasonPhrase>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match (reason, status.canonical_reason()) {
+        (Some(reason), _) => out.extend_from_slice(reason.as_bytes()),
+        (None, Some(reason)) => out.extend_from_slice(reason.as_bytes()),
+        (None, None) => out.extend_from_slice(b"<none>"),
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {

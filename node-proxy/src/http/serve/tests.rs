@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
 
 use super::serve;
 use crate::http::body::{HttpBody, boxed, full};
@@ -25,7 +26,25 @@ fn hyper_service() -> impl hyper::service::Service<
     Future: Send + 'static,
 > + Send
 + 'static {
-    hyper::service::service_fn(|req: Request<Incoming>| async move {
+    hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+        if req.headers().contains_key("upgrade") {
+            // Echoes the upgraded connection's bytes back.
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = io.read(&mut buf).await {
+                    io.write_all(&buf[..n]).await.unwrap();
+                }
+            });
+            let mut resp = Response::new(full(""));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert("connection", HeaderValue::from_static("upgrade"));
+            resp.headers_mut()
+                .insert("upgrade", HeaderValue::from_static("echo"));
+            return Ok::<_, Infallible>(resp);
+        }
         let (parts, body) = req.into_parts();
         let body = body
             .collect()
@@ -74,6 +93,35 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
             )]))));
             resp.headers_mut()
                 .insert("content-length", HeaderValue::from_static("10"));
+            resp
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Response::new(full("slow"))
+        }
+        "/empty" => Response::new(full("")),
+        "/not-modified" => {
+            let mut resp = Response::new(full(""));
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            resp.headers_mut()
+                .insert("content-length", HeaderValue::from_static("42"));
+            resp
+        }
+        "/switch" => {
+            let mut resp = Response::new(full(""));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp
+        }
+        "/cl-list" => {
+            let mut resp = Response::new(full("hello"));
+            resp.headers_mut()
+                .insert("content-length", HeaderValue::from_static("5, 5"));
+            resp
+        }
+        "/cl-bad" => {
+            let mut resp = Response::new(full("hello"));
+            resp.headers_mut()
+                .insert("content-length", HeaderValue::from_static("five"));
             resp
         }
         "/reason" => {
@@ -208,7 +256,11 @@ async fn requests_that_are_not_plain_go_to_hyper() {
         // A body, chunked.
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
         // An expectation.
-        "GET / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        // A body of length 0 is still a body.
+        "GET / HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        // CONNECT, even in origin-form.
+        "CONNECT /x HTTP/1.1\r\nConnection: close\r\n\r\n",
         // Trailers asked for.
         "GET / HTTP/1.1\r\nTE: trailers\r\nConnection: close\r\n\r\n",
         // A Connection token other than close and keep-alive.
@@ -275,12 +327,6 @@ async fn a_body_shorter_than_its_content_length_closes_the_connection() {
 
 #[tokio::test]
 async fn the_clients_close_cancels_the_request() {
-    struct Guard(Arc<AtomicBool>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
     let (started, dropped) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
@@ -289,7 +335,7 @@ async fn the_clients_close_cancels_the_request() {
     let handler = {
         let (started, dropped) = (started.clone(), dropped.clone());
         move |_req| {
-            let guard = Guard(dropped.clone());
+            let guard = DropFlag(dropped.clone());
             started.store(true, Ordering::SeqCst);
             async move {
                 let _guard = guard;
@@ -317,4 +363,210 @@ async fn the_clients_close_cancels_the_request() {
         .unwrap()
         .unwrap();
     assert!(dropped.load(Ordering::SeqCst), "the request was cancelled");
+}
+
+#[tokio::test]
+async fn head_and_304_answers_carry_no_body_and_no_implied_length() {
+    let out = exchange(
+        b"HEAD /empty HTTP/1.1\r\n\r\nGET /not-modified HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\ndate: <date>\r\nserved-by: lean\r\n\r\n\
+         HTTP/1.1 304 Not Modified\r\ndate: <date>\r\nconnection: close\r\n\
+         content-length: 42\r\nserved-by: lean\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn the_answers_content_length_is_one_number_or_the_answer_is_a_500() {
+    let out = exchange(b"GET /cl-list HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: <date>\r\nconnection: close\r\n\
+         served-by: lean\r\n\r\nhello"
+    );
+    // Not a number; then an interim answer to a plain request: both end
+    // the connection after a bare 500 (the second request is not read).
+    for path in ["/cl-bad", "/switch"] {
+        let out =
+            exchange(format!("GET {path} HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n").as_bytes())
+                .await;
+        assert_eq!(
+            out,
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\ndate: <date>\r\n\
+             connection: close\r\n\r\n",
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_head_in_pieces_is_still_answered_here() {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    for piece in [
+        "GET /pie",
+        "ces HTTP/1.1\r\nHost: s",
+        "vc\r\nConnection: close\r\n",
+        "\r\n",
+    ] {
+        client.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let out = talk(client, b"").await;
+    assert!(
+        out.ends_with("served-by: lean\r\n\r\nGET /pieces svc"),
+        "{out}"
+    );
+    served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_upgrade_after_plain_requests_is_hypers_and_works() {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(serve(server, lean, hyper_service()));
+    client
+        .write_all(b"GET /first HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut client, b"GET /first svc").await;
+    assert!(first.contains("served-by: lean"), "{first}");
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let switched = read_until(&mut client, b"\r\n\r\n").await;
+    assert!(
+        switched.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{switched}"
+    );
+    client.write_all(b"ping").await.unwrap();
+    assert_eq!(read_until(&mut client, b"ping").await, "ping");
+}
+
+/// Reads until `end` has arrived; returns what was read.
+async fn read_until(client: &mut DuplexStream, end: &[u8]) -> String {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.ends_with(end) {
+            let mut byte = [0u8; 1];
+            assert_eq!(client.read(&mut byte).await.unwrap(), 1, "closed early");
+            got.push(byte[0]);
+        }
+    })
+    .await
+    .expect("the expected bytes arrive");
+    String::from_utf8(got).unwrap()
+}
+
+/// A lean handler whose answer streams from `frames`, holding `guard`.
+fn streaming(
+    frames: mpsc::Receiver<Bytes>,
+    guard: Arc<AtomicBool>,
+) -> impl FnMut(Request<Empty<Bytes>>) -> std::future::Ready<Response<HttpBody>> {
+    let mut frames = Some(frames);
+    move |_req| {
+        let frames = frames.take().expect("one request");
+        let dropped = DropFlag(guard.clone());
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(frames),
+            move |data| {
+                let _held = &dropped;
+                Ok::<_, crate::http::body::BoxError>(Frame::data(data))
+            },
+        );
+        std::future::ready(Response::new(boxed(StreamBody::new(stream))))
+    }
+}
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_goes_out_as_it_comes() {
+    let (tx, rx) = mpsc::channel(4);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (mut client, server) = tokio::io::duplex(256 * 1024);
+    let served = tokio::spawn(serve(
+        server,
+        streaming(rx, dropped.clone()),
+        hyper_service(),
+    ));
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tx.send(Bytes::from_static(b"first")).await.unwrap();
+    // Written before the body has more: the client sees it now.
+    let head = read_until(&mut client, b"5\r\nfirst\r\n").await;
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    let large = Bytes::from(vec![b'x'; 40 * 1024]);
+    tx.send(large.clone()).await.unwrap();
+    drop(tx);
+    let rest = talk(client, b"").await;
+    assert_eq!(
+        rest,
+        format!("a000\r\n{}\r\n0\r\n\r\n", String::from_utf8_lossy(&large))
+    );
+    served.await.unwrap().unwrap();
+    assert!(dropped.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn the_clients_close_during_a_streamed_answer_drops_it() {
+    let (tx, rx) = mpsc::channel(4);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(
+        server,
+        streaming(rx, dropped.clone()),
+        hyper_service(),
+    ));
+    client
+        .write_all(b"GET /watch HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    tx.send(Bytes::from_static(b"event")).await.unwrap();
+    read_until(&mut client, b"5\r\nevent\r\n").await;
+    assert!(!dropped.load(Ordering::SeqCst));
+    // The client leaves; the body has nothing more to say for now.
+    drop(client);
+    let err = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the server ends when the client leaves")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("the client closed the connection"),
+        "{err}"
+    );
+    assert!(dropped.load(Ordering::SeqCst), "the answer was dropped");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn pipelined_requests_then_a_half_close_still_get_the_first_answer() {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    // The client is done writing while `/slow` is being answered.
+    client.shutdown().await.unwrap();
+    let out = talk(client, b"").await;
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("\r\n\r\nslow"), "{out}");
+    served.await.unwrap().unwrap();
 }

@@ -483,3 +483,18 @@ async fn other_destinations_pass_through_unrouted() {
     assert_eq!((answer.status, answer.backend()), (200, "pod"));
     assert_eq!(pod.last().path, "/direct");
 }
+
+#[tokio::test]
+async fn a_host_the_connection_field_names_is_still_the_host_sent() {
+    // `Connection: host` makes Host a hop-by-hop field; the request still
+    // goes out with the Host it was sent to (read before the stripping).
+    let a = Backend::ok("echo-a").await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&a]);
+    let h = Harness::new(&mesh);
+    for mut client in [h.h1(NS, VIP).await, h.h2(NS, VIP).await] {
+        let answer = client.get_with("/", &[("connection", "host")]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(a.last().header("host").as_deref(), Some("echo"));
+    }
+}
