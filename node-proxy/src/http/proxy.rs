@@ -214,7 +214,9 @@ enum Planned<'a> {
 /// Removes the connection-specific headers (RFC 9110 §7.6.1): those the
 /// `Connection` header names, `Keep-Alive`, `Proxy-Connection`,
 /// `Transfer-Encoding`, and `TE` other than `trailers`; an upgrade keeps
-/// `Connection: upgrade` and `Upgrade`. Also used by the inbound side.
+/// `Connection: upgrade` and `Upgrade`. `Host` stays even when `Connection`
+/// names it: the request would have no target host without it. Also used
+/// by the inbound side.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -238,7 +240,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in listed {
-        if !(keep_upgrade && name == UPGRADE) {
+        if !(keep_upgrade && name == UPGRADE) && name != HOST {
             headers.remove(name);
         }
     }

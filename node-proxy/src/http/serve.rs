@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -354,6 +354,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             DATE_CACHE.with_borrow_mut(|date| field(out, "date", date.now()));
         }
         if close && !asked_close {
+            // One say on the connection: this one.
+            parts.headers.remove(CONNECTION);
             field(out, "connection", b"close");
         }
         for (name, value) in &parts.headers {
@@ -420,10 +422,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             _ => {}
         }
         self.flush_out().await?;
-        if self.out.capacity() > 4 * COALESCE {
-            // A large head or chunk: its room is not kept for the next one.
-            self.out = Vec::new();
-        }
         Ok(!close)
     }
 
@@ -445,6 +443,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.out.clear();
+            if self.out.capacity() > 4 * COALESCE {
+                // A large head: its room is not kept for the next answer.
+                self.out = Vec::new();
+            }
         }
         self.io.flush().await
     }

@@ -82,6 +82,32 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
         "/no-content" => {
             let mut resp = Response::new(full(""));
             *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp.headers_mut()
+                .insert("content-length", HeaderValue::from_static("0"));
+            resp
+        }
+        "/odd" => {
+            let mut resp = Response::new(full(""));
+            *resp.status_mut() = StatusCode::from_u16(599).unwrap();
+            resp
+        }
+        "/head-of-chunked" => {
+            // A HEAD answer relayed: the GET's length in its field, no body.
+            let mut resp = Response::new(full(""));
+            resp.headers_mut()
+                .insert("content-length", HeaderValue::from_static("1234"));
+            resp
+        }
+        "/declared-longer" => {
+            let mut resp = Response::new(full("hello"));
+            resp.headers_mut()
+                .insert("content-length", HeaderValue::from_static("10"));
+            resp
+        }
+        "/keep-alive-field" => {
+            let mut resp = Response::new(full("k"));
+            resp.headers_mut()
+                .insert("connection", HeaderValue::from_static("keep-alive"));
             resp
         }
         "/short" => {
@@ -569,4 +595,65 @@ async fn pipelined_requests_then_a_half_close_still_get_the_first_answer() {
     );
     assert!(out.contains("\r\n\r\nslow"), "{out}");
     served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn lengths_follow_the_body_and_fields_that_do_not_fit_are_dropped() {
+    let out = exchange(
+        b"HEAD /head-of-chunked HTTP/1.1\r\n\r\n\
+          GET /declared-longer HTTP/1.1\r\n\r\n\
+          GET /no-content HTTP/1.1\r\n\r\n\
+          GET /odd HTTP/1.1\r\n\r\n\
+          GET /keep-alive-field HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        out,
+        // HEAD keeps the GET's length and sends no body.
+        "HTTP/1.1 200 OK\r\ndate: <date>\r\ncontent-length: 1234\r\nserved-by: lean\r\n\r\n\
+         HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: <date>\r\nserved-by: lean\r\n\r\nhello\
+         HTTP/1.1 204 No Content\r\ndate: <date>\r\nserved-by: lean\r\n\r\n\
+         HTTP/1.1 599 <none>\r\ncontent-length: 0\r\ndate: <date>\r\nserved-by: lean\r\n\r\n\
+         HTTP/1.1 200 OK\r\ncontent-length: 1\r\ndate: <date>\r\nconnection: close\r\n\
+         served-by: lean\r\n\r\nk"
+    );
+}
+
+#[tokio::test]
+async fn an_endless_ready_answer_is_written_as_it_goes() {
+    // Every chunk is ready at once: without a flush every 16 KiB nothing
+    // would reach the client while the answer grows in memory.
+    let handler = |_req| {
+        let chunks = std::iter::repeat_with(|| {
+            Ok::<_, crate::http::body::BoxError>(Frame::data(Bytes::from_static(&[b'y'; 1024])))
+        });
+        std::future::ready(Response::new(boxed(StreamBody::new(tokio_stream::iter(
+            chunks,
+        )))))
+    };
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(server, handler, hyper_service()));
+    client
+        .write_all(b"GET /endless HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 256 * 1024];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+        .await
+        .expect("the answer arrives while it is written")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"),
+        "{}",
+        &text[..80]
+    );
+    assert!(text.contains("\r\n400\r\nyyyy"));
+    drop(client);
+    // Writing to a client that left fails, and ends the connection.
+    let result = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the server ends when the client leaves")
+        .unwrap();
+    assert!(result.is_err());
 }
