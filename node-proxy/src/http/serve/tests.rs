@@ -79,37 +79,12 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
             ];
             Response::new(boxed(StreamBody::new(futures_stream(frames))))
         }
-        "/no-content" => {
-            let mut resp = Response::new(full(""));
-            *resp.status_mut() = StatusCode::NO_CONTENT;
-            resp.headers_mut()
-                .insert("content-length", HeaderValue::from_static("0"));
-            resp
-        }
-        "/odd" => {
-            let mut resp = Response::new(full(""));
-            *resp.status_mut() = StatusCode::from_u16(599).unwrap();
-            resp
-        }
-        "/head-of-chunked" => {
-            // A HEAD answer relayed: the GET's length in its field, no body.
-            let mut resp = Response::new(full(""));
-            resp.headers_mut()
-                .insert("content-length", HeaderValue::from_static("1234"));
-            resp
-        }
-        "/declared-longer" => {
-            let mut resp = Response::new(full("hello"));
-            resp.headers_mut()
-                .insert("content-length", HeaderValue::from_static("10"));
-            resp
-        }
-        "/keep-alive-field" => {
-            let mut resp = Response::new(full("k"));
-            resp.headers_mut()
-                .insert("connection", HeaderValue::from_static("keep-alive"));
-            resp
-        }
+        "/no-content" => answer(204, "", Some(("content-length", "0"))),
+        "/odd" => answer(599, "", None),
+        // A HEAD answer relayed: the GET's length in its field, no body.
+        "/head-of-chunked" => answer(200, "", Some(("content-length", "1234"))),
+        "/declared-longer" => answer(200, "hello", Some(("content-length", "10"))),
+        "/keep-alive-field" => answer(200, "k", Some(("connection", "keep-alive"))),
         "/short" => {
             let mut resp = Response::new(boxed(StreamBody::new(futures_stream([Ok::<
                 _,
@@ -123,33 +98,13 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
         }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Response::new(full("slow"))
+            answer(200, "slow", None)
         }
-        "/empty" => Response::new(full("")),
-        "/not-modified" => {
-            let mut resp = Response::new(full(""));
-            *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            resp.headers_mut()
-                .insert("content-length", HeaderValue::from_static("42"));
-            resp
-        }
-        "/switch" => {
-            let mut resp = Response::new(full(""));
-            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp
-        }
-        "/cl-list" => {
-            let mut resp = Response::new(full("hello"));
-            resp.headers_mut()
-                .insert("content-length", HeaderValue::from_static("5, 5"));
-            resp
-        }
-        "/cl-bad" => {
-            let mut resp = Response::new(full("hello"));
-            resp.headers_mut()
-                .insert("content-length", HeaderValue::from_static("five"));
-            resp
-        }
+        "/empty" => answer(200, "", None),
+        "/not-modified" => answer(304, "", Some(("content-length", "42"))),
+        "/switch" => answer(101, "", None),
+        "/cl-list" => answer(200, "hello", Some(("content-length", "5, 5"))),
+        "/cl-bad" => answer(200, "hello", Some(("content-length", "five"))),
         "/reason" => {
             let mut resp = Response::new(full("x"));
             resp.extensions_mut()
@@ -166,6 +121,21 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
     };
     resp.headers_mut()
         .insert("served-by", HeaderValue::from_static("lean"));
+    resp
+}
+
+/// An answer of `status` with `body` and, if given, one field.
+fn answer(
+    status: u16,
+    body: &'static str,
+    field: Option<(&'static str, &'static str)>,
+) -> Response<HttpBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    if let Some((name, value)) = field {
+        resp.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
     resp
 }
 
