@@ -679,14 +679,31 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
 }
 
 fn parse_trailers(section: &Bytes) -> Result<HeaderMap, Error> {
-    let mut fields = vec![httparse::EMPTY_HEADER; MAX_TRAILERS];
+    // Most sections have a few fields (gRPC: two): the room for
+    // `MAX_TRAILERS` is taken only for a section that needs it.
+    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    if let Some(trailers) = parse_trailers_into(section, &mut few)? {
+        return Ok(trailers);
+    }
+    let mut many = vec![httparse::EMPTY_HEADER; MAX_TRAILERS];
+    parse_trailers_into(section, &mut many)?
+        .ok_or_else(|| Error::InvalidTrailers(format!("more than {MAX_TRAILERS} fields")))
+}
+
+/// The trailer section parsed with room for `fields.len()` fields; `None`
+/// when it has more.
+fn parse_trailers_into<'s>(
+    section: &'s Bytes,
+    fields: &mut [httparse::Header<'s>],
+) -> Result<Option<HeaderMap>, Error> {
     let invalid = |e: &dyn std::fmt::Display| Error::InvalidTrailers(e.to_string());
-    let parsed = match httparse::parse_headers(section, &mut fields) {
+    let parsed = match httparse::parse_headers(section, fields) {
         // Every byte up to the blank line is a field line (bare-LF lines
         // would end the section early).
         Ok(httparse::Status::Complete((len, parsed))) if len == section.len() => parsed,
         Ok(httparse::Status::Complete(_)) => return Err(invalid(&"bytes after the blank line")),
         Ok(httparse::Status::Partial) => return Err(invalid(&"incomplete")),
+        Err(httparse::Error::TooManyHeaders) => return Ok(None),
         Err(e) => return Err(invalid(&e)),
     };
     let mut trailers = HeaderMap::with_capacity(parsed.len());
@@ -695,7 +712,7 @@ fn parse_trailers(section: &Bytes) -> Result<HeaderMap, Error> {
         let value = HeaderValue::from_bytes(h.value).map_err(|e| invalid(&e))?;
         trailers.append(name, value);
     }
-    Ok(trailers)
+    Ok(Some(trailers))
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<IO> {
@@ -949,6 +966,23 @@ mod tests {
         assert_eq!(got.data, b"abc");
         assert!(got.trailers.is_none());
         assert!(got.reusable.is_some());
+    }
+
+    #[test]
+    fn trailer_sections_past_the_first_room_and_past_the_limit() {
+        let section = |n: usize| {
+            let mut s: String = (0..n).map(|i| format!("x-{i}: {i}\r\n")).collect();
+            s.push_str("\r\n");
+            Bytes::from(s)
+        };
+        // More than the first try has room for: parsed on the second.
+        let trailers = parse_trailers(&section(FEW_HEADERS + 6)).expect("parsed");
+        assert_eq!(trailers.len(), FEW_HEADERS + 6);
+        assert_eq!(trailers["x-29"], "29");
+        let trailers = parse_trailers(&section(2)).expect("parsed");
+        assert_eq!(trailers.len(), 2);
+        let err = parse_trailers(&section(MAX_TRAILERS + 1)).expect_err("too many");
+        assert!(err.to_string().contains("more than 1024 fields"), "{err}");
     }
 
     #[tokio::test]
