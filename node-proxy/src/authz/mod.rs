@@ -27,8 +27,8 @@ use std::net::IpAddr;
 use hawser_api::SpiffeId;
 use hawser_api::cni::redirect::Cidr;
 use hawser_api::proto::discovery::{
-    AuthorizationAction, AuthorizationMode, AuthorizationPolicy, AuthorizationRule, PathMatch,
-    Source, path_match,
+    AuthorizationAction, AuthorizationMode, AuthorizationPolicy, AuthorizationRule, Destination,
+    PathMatch, Source, path_match,
 };
 
 /// What is known about inbound traffic: the connection, and on HTTP ports
@@ -129,11 +129,21 @@ fn decide<P: Borrow<AuthorizationPolicy>>(
 /// decision, so the connection can be decided once and its bytes relayed.
 pub fn needs_requests<P: Borrow<AuthorizationPolicy>>(policies: &[P], port: u16) -> bool {
     policies.iter().flat_map(|p| &p.borrow().rules).any(|rule| {
-        rule.to.as_ref().is_some_and(|to| {
-            (to.ports.is_empty() || to.ports.contains(&u32::from(port)))
-                && (!to.methods.is_empty() || !to.paths.is_empty())
-        })
+        rule.to
+            .as_ref()
+            .is_some_and(|to| covers_port(to, port) && asks_requests(to))
     })
+}
+
+/// Whether a rule's destination covers `port` (no ports listed: all).
+fn covers_port(to: &Destination, port: u16) -> bool {
+    to.ports.is_empty() || to.ports.contains(&u32::from(port))
+}
+
+/// Whether a rule's destination asks about requests (methods or paths),
+/// which only an HTTP port can answer.
+fn asks_requests(to: &Destination) -> bool {
+    !to.methods.is_empty() || !to.paths.is_empty()
 }
 
 fn policy_matches(p: &AuthorizationPolicy, conn: &Connection<'_>) -> bool {
@@ -153,10 +163,10 @@ fn rule_matches(
         return false;
     }
     let Some(to) = &rule.to else { return true };
-    if !to.ports.is_empty() && !to.ports.contains(&u32::from(conn.port)) {
+    if !covers_port(to, conn.port) {
         return false;
     }
-    if to.methods.is_empty() && to.paths.is_empty() {
+    if !asks_requests(to) {
         return true;
     }
     let Some(req) = conn.request else {
