@@ -60,12 +60,11 @@ pub struct InboundStats {
 
 /// The HBONE handler of one pod.
 pub struct PodInbound {
-    uid: Arc<str>,
     ips: Vec<IpAddr>,
     netns: NetnsHandle,
-    config: watch::Receiver<Arc<NodeConfig>>,
     stats: Arc<InboundStats>,
-    /// The pod's share of the config in force (also its HTTP streams').
+    /// The pod's uid, the config, and the pod's share of the version in
+    /// force (also its HTTP streams').
     view: Arc<PodViews>,
 }
 
@@ -179,17 +178,14 @@ impl PodInbound {
         netns: NetnsHandle,
         config: watch::Receiver<Arc<NodeConfig>>,
     ) -> Self {
-        let uid: Arc<str> = Arc::from(uid.into());
         Self {
             view: Arc::new(PodViews {
-                uid: uid.clone(),
-                config: config.clone(),
+                uid: Arc::from(uid.into()),
+                config,
                 cached: Mutex::new(None),
             }),
-            uid,
             ips,
             netns,
-            config,
             stats: Arc::default(),
         }
     }
@@ -266,10 +262,10 @@ impl PodInbound {
             }
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(pod = %self.uid, %target, "serving the stream as HTTP");
+        tracing::debug!(pod = %self.view.uid, %target, "serving the stream as HTTP");
         Ok(Admitted::Serve(Box::new(HttpStream::new(
             http::PodAccess {
-                uid: self.uid.clone(),
+                uid: self.view.uid.clone(),
                 netns: self.netns.clone(),
                 view: self.view.clone(),
                 stats: self.stats.clone(),
@@ -286,7 +282,7 @@ impl PodInbound {
         } else {
             Err(Refusal::UnknownTarget(format!(
                 "{target} is not an address of pod {}",
-                self.uid
+                self.view.uid
             )))
         }
     }
@@ -300,7 +296,7 @@ impl PodInbound {
         peer_addr: SocketAddr,
         target: SocketAddr,
     ) -> String {
-        let mut config = self.config.clone();
+        let mut config = self.view.config.clone();
         config.mark_unchanged();
         loop {
             if config.changed().await.is_err() {
@@ -315,7 +311,7 @@ impl PodInbound {
             {
                 self.stats.denied.fetch_add(1, Ordering::Relaxed);
                 let who = peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
-                tracing::info!(pod = %self.uid, peer = %who, %peer_addr, %target, %reason, "open connection closed: the policy now denies it");
+                tracing::info!(pod = %self.view.uid, peer = %who, %peer_addr, %target, %reason, "open connection closed: the policy now denies it");
                 return reason;
             }
         }
@@ -345,11 +341,11 @@ impl PodInbound {
         // Only formatted when something is logged.
         let who = || peer.map_or_else(|| "plaintext".to_owned(), ToString::to_string);
         for audit in &eval.audit_denials {
-            tracing::info!(pod = %self.uid, peer = %who(), %target, reason = %audit, "audit: would deny");
+            tracing::info!(pod = %self.view.uid, peer = %who(), %target, reason = %audit, "audit: would deny");
         }
         if let Decision::Deny { reason } = eval.decision {
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(pod = %self.uid, peer = %who(), %peer_addr, %target, %reason, "connection denied");
+            tracing::info!(pod = %self.view.uid, peer = %who(), %peer_addr, %target, %reason, "connection denied");
             return Err(Refusal::Denied(reason));
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
