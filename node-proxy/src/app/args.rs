@@ -89,7 +89,11 @@ impl Args {
     /// How many threads run the data plane (see `--worker-threads`).
     pub fn worker_threads(&self) -> usize {
         self.worker_threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            || {
+                default_worker_threads(
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                )
+            },
             std::num::NonZeroUsize::get,
         )
     }
@@ -116,6 +120,12 @@ impl Args {
     }
 }
 
+/// The default worker threads for `cpus` usable CPUs: half, at least one
+/// (the load generators and apps of the node need the rest).
+fn default_worker_threads(cpus: usize) -> usize {
+    (cpus / 2).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,7 +146,9 @@ mod tests {
         assert_eq!(args.admin_addr.port(), 15000);
         // Default: half the CPUs this process may use, at least one.
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        assert_eq!(args.worker_threads(), (cpus / 2).max(1));
+        assert_eq!(args.worker_threads(), super::default_worker_threads(cpus));
+        let defaults: Vec<usize> = [1, 2, 3, 8].map(super::default_worker_threads).into();
+        assert_eq!(defaults, [1, 1, 1, 4]);
         let base = [
             "hawser-node-proxy",
             "--node-name",

@@ -256,14 +256,33 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
     /// Reads more into the buffer; `Ok(0)` is the peer's close.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // `poll_read_buf` reads nothing into a full buffer: make room first.
-        // Not on every read: what is left of the allocation after earlier
-        // responses were split off is used first (a new one costs more).
-        if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
-            self.buf.reserve(READ_SPACE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        poll_read_more(&mut self.io, &mut self.buf, cx)
     }
+}
+
+/// Reads more from `io` into `buf`, a connection's read buffer whose heads
+/// are split off as they are parsed; `Ok(0)` is the peer's close. Also the
+/// server side's ([`super::serve`]).
+pub(crate) fn poll_read_more<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    // `poll_read_buf` reads nothing into a full buffer: make room first.
+    // Not on every read: what is left of the allocation after earlier heads
+    // were split off is used first (a new one costs more).
+    if buf.capacity() - buf.len() < MIN_READ_SPACE {
+        buf.reserve(READ_SPACE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Appends one field line, `name: value\r\n`, to a head being written.
+pub(crate) fn put_field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
 }
 
 /// A response head, parsed.
@@ -381,10 +400,7 @@ fn encode_head(req: &Parts) -> Vec<u8> {
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &req.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        put_field(&mut head, name.as_str(), value.as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     debug_assert_eq!(head.len(), head.capacity(), "the head's size is known");

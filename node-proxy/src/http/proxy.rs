@@ -236,13 +236,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !headers.keys().any(hop_by_hop) {
         return;
     }
+    // The fields `Connection` names, but for the options that name none
+    // (`close`, `keep-alive`, which go below anyway), `Host` (the request
+    // would have no host without it) and, on an upgrade, `Upgrade`: in the
+    // usual message nothing is left, and nothing is allocated.
+    let kept = |t: &str| {
+        ["close", "keep-alive", "host"]
+            .iter()
+            .any(|k| t.eq_ignore_ascii_case(k))
+            || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
+    };
     let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !kept(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in listed {
-        if !(keep_upgrade && name == UPGRADE) && name != HOST {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
     if !keep_upgrade {
         headers.remove(CONNECTION);
@@ -491,7 +500,6 @@ impl HttpOutbound {
         client: &ClientContext,
         grpc: bool,
     ) -> Result<Planned<'r>, HttpError> {
-        // Read before the hop-by-hop fields go (`Connection: host` names it).
         let original_host = parts
             .headers
             .get(HOST)

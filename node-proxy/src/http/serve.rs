@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::ops::Range;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, HttpBody};
-use super::h1;
+use super::h1::{self, put_field};
 use super::proxy::connection_tokens;
 
 /// Header fields a request may have and still be served here.
@@ -45,10 +45,6 @@ const FEW_HEADERS: usize = 32;
 /// The largest head served here; a larger one goes to hyper, whose limits
 /// and errors apply.
 const MAX_LEAN_HEAD: usize = 16 * 1024;
-/// Free space below which the read buffer grows before a read.
-const MIN_READ_SPACE: usize = 1024;
-/// How much the read buffer grows by.
-const READ_SPACE: usize = 8 * 1024;
 /// Body chunks up to this size are copied behind the head (one write);
 /// larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
@@ -215,10 +211,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
 
     /// Reads more into the buffer; `Ok(0)` is the client's close.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
-            self.buf.reserve(READ_SPACE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        h1::poll_read_more(&mut self.io, &mut self.buf, cx)
     }
 
     /// The engine's answer, or `None` when the client closes the connection
@@ -274,9 +267,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         let out = &mut self.out;
         out.clear();
         status_line(out, status, None);
-        field(out, "content-length", b"0");
-        DATE_CACHE.with_borrow_mut(|date| field(out, "date", date.now()));
-        field(out, "connection", b"close");
+        put_field(out, "content-length", b"0");
+        DATE_CACHE.with_borrow_mut(|date| put_field(out, "date", date.now()));
+        put_field(out, "connection", b"close");
         out.extend_from_slice(b"\r\n");
         self.flush_out().await?;
         Ok(false)
@@ -333,7 +326,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             if declared.is_none()
                 && let Some(length) = exact.filter(|n| *n > 0)
             {
-                field(out, "content-length", length.to_string().as_bytes());
+                put_length(out, length);
             }
             Framing::None
         } else {
@@ -341,25 +334,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             parts.headers.remove(CONTENT_LENGTH);
             match exact.or(declared) {
                 Some(length) => {
-                    field(out, "content-length", length.to_string().as_bytes());
+                    put_length(out, length);
                     Framing::Length(length)
                 }
                 None => {
-                    field(out, "transfer-encoding", b"chunked");
+                    put_field(out, "transfer-encoding", b"chunked");
                     Framing::Chunked
                 }
             }
         };
         if !parts.headers.contains_key(DATE) {
-            DATE_CACHE.with_borrow_mut(|date| field(out, "date", date.now()));
+            DATE_CACHE.with_borrow_mut(|date| put_field(out, "date", date.now()));
         }
         if close && !asked_close {
             // One say on the connection: this one.
             parts.headers.remove(CONNECTION);
-            field(out, "connection", b"close");
+            put_field(out, "connection", b"close");
         }
         for (name, value) in &parts.headers {
-            field(out, name.as_str(), value.as_bytes());
+            put_field(out, name.as_str(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
         if matches!(framing, Framing::None) {
@@ -402,8 +395,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
                     )));
                 }
                 Framing::Chunked => {
-                    self.out
-                        .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    let _ = write!(self.out, "{:x}\r\n", data.len());
                     self.push_data(data).await?;
                     self.out.extend_from_slice(b"\r\n");
                 }
@@ -500,6 +492,12 @@ fn build_request(
     Some(req)
 }
 
+/// `content-length: <length>`, written without a string of its own.
+fn put_length(out: &mut Vec<u8>, length: u64) {
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(out, "content-length: {length}\r\n");
+}
+
 /// `HTTP/1.1 <code> <reason>`: the answer's own reason phrase, else the
 /// code's, else `<none>` (as hyper: some clients need a reason).
 fn status_line(out: &mut Vec<u8>, status: StatusCode, reason: Option<&hyper::ext::ReasonPhrase>) {
@@ -511,13 +509,6 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode, reason: Option<&hyper::ext
         (None, Some(reason)) => out.extend_from_slice(reason.as_bytes()),
         (None, None) => out.extend_from_slice(b"<none>"),
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

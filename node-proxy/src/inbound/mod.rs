@@ -134,19 +134,25 @@ pub(crate) struct PodViews {
 
 impl PodViews {
     fn current(&self) -> Arc<PodView> {
-        let mut cached = self.cached.lock();
-        // Read under the lock: a caller holding an older version cannot
-        // overwrite a newer one.
-        let config = self.config.borrow();
-        match cached.as_ref() {
-            Some((of, view)) if Arc::ptr_eq(of, &config) => view.clone(),
-            _ => {
-                let config = config.clone();
-                let view = Arc::new(pod_view(&config, &self.uid));
-                *cached = Some((config, view.clone()));
-                view
+        {
+            let cached = self.cached.lock();
+            if let Some((of, view)) = cached.as_ref()
+                && Arc::ptr_eq(of, &self.config.borrow())
+            {
+                return view.clone();
             }
         }
+        // A new version: the view is found with neither the pod's lock nor
+        // the config's held (the config's publisher is not kept waiting).
+        let config = self.config.borrow().clone();
+        let view = Arc::new(pod_view(&config, &self.uid));
+        let mut cached = self.cached.lock();
+        // Kept only while its version is the latest: a caller that read an
+        // older one does not overwrite a newer view.
+        if Arc::ptr_eq(&config, &self.config.borrow()) {
+            *cached = Some((config, view.clone()));
+        }
+        view
     }
 }
 

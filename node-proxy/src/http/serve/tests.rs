@@ -627,3 +627,23 @@ async fn an_endless_ready_answer_is_written_as_it_goes() {
         .unwrap();
     assert!(result.is_err());
 }
+
+#[tokio::test]
+async fn heads_over_16_kib_are_hypers_whole_or_in_pieces() {
+    let long = "v".repeat(9 * 1024);
+    let head =
+        format!("GET /big HTTP/1.1\r\nx-a: {long}\r\nx-b: {long}\r\nConnection: close\r\n\r\n");
+    // All at once: a complete head over the limit.
+    let out = exchange(head.as_bytes()).await;
+    assert!(out.contains("served-by: hyper"), "{}", &out[..60]);
+    // In pieces: the partial head passes the limit before it is complete
+    // (handed over then; once complete, the length check alone would too).
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let (first, rest) = head.split_at(17 * 1024);
+    client.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let out = talk(client, rest.as_bytes()).await;
+    assert!(out.contains("served-by: hyper"), "{}", &out[..60]);
+    served.await.unwrap().unwrap();
+}

@@ -486,8 +486,10 @@ async fn other_destinations_pass_through_unrouted() {
 
 #[tokio::test]
 async fn a_host_the_connection_field_names_is_still_the_host_sent() {
-    // `Connection: host` makes Host a hop-by-hop field; the request still
-    // goes out with the Host it was sent to (read before the stripping).
+    // `Connection: host` names Host as hop-by-hop; the request still goes
+    // out with the Host it was sent to (`strip_hop_by_hop` keeps it, and
+    // `plan` reads it first: either keeps this test green, the unit test
+    // of `strip_hop_by_hop` pins the first).
     let a = Backend::ok("echo-a").await;
     let mut mesh = Mesh::default();
     mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&a]);
