@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -164,39 +164,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         if !path.starts_with('/') || method == "CONNECT" || len > MAX_LEAN_HEAD {
             return Some(Next::Other);
         }
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return Some(Next::Other);
+        };
         let base = self.buf.as_ptr() as usize;
         let at = |s: &[u8]| {
             let start = s.as_ptr() as usize - base;
             start..start + s.len()
         };
         let mut close = false;
-        let mut spans: [(Range<usize>, Range<usize>); FEW_HEADERS] =
-            std::array::from_fn(|_| (0..0, 0..0));
-        for (field, span) in parsed.headers.iter().zip(spans.iter_mut()) {
-            let name = field.name;
-            let plain = if name.eq_ignore_ascii_case("connection") {
+        // Each name is parsed once, here; values stay positions until the
+        // head's bytes are shared.
+        let mut fields: [(HeaderName, Range<usize>); FEW_HEADERS] =
+            std::array::from_fn(|_| (CONNECTION, 0..0));
+        for (field, slot) in parsed.headers.iter().zip(fields.iter_mut()) {
+            let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+                return Some(Next::Other);
+            };
+            let plain = if name == CONNECTION {
                 connection_allows_lean(field.value, &mut close)
             } else {
                 // A body, an upgrade, an expectation or trailers: hyper's.
-                ![
-                    "content-length",
-                    "transfer-encoding",
-                    "upgrade",
-                    "expect",
-                    "te",
-                ]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n))
+                ![CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT, TE].contains(&name)
             };
             if !plain {
                 return Some(Next::Other);
             }
-            *span = (at(name.as_bytes()), at(field.value));
+            *slot = (name, at(field.value));
         }
         let count = parsed.headers.len();
-        let (method, path) = (at(method.as_bytes()), at(path.as_bytes()));
+        let path = at(path.as_bytes());
         let head = self.buf.split_to(len).freeze();
-        match build_request(&head, method, path, &spans[..count]) {
+        match build_request(&head, method, path, fields.into_iter().take(count)) {
             Some(req) => Some(Next::Request { req, close }),
             None => {
                 // Not taken after all: put the head back for hyper.
@@ -220,9 +219,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
     where
         F: Future<Output = Response<HttpBody>>,
     {
+        self.unless_gone(|cx| answer.as_mut().poll(cx)).await
+    }
+
+    /// What `poll` gives, or `None` when the client leaves first.
+    async fn unless_gone<T>(
+        &mut self,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Option<T> {
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(resp) = answer.as_mut().poll(cx) {
-                return Poll::Ready(Some(resp));
+            if let Poll::Ready(value) = poll(cx) {
+                return Poll::Ready(Some(value));
             }
             if self.poll_gone(cx) {
                 return Poll::Ready(None);
@@ -246,19 +253,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         &mut self,
         body: &mut HttpBody,
     ) -> io::Result<Option<Result<Frame<Bytes>, BoxError>>> {
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
-                return Poll::Ready(Ok(frame));
-            }
-            if self.poll_gone(cx) {
-                return Poll::Ready(Err(io::Error::new(
+        self.unless_gone(|cx| Pin::new(&mut *body).poll_frame(cx))
+            .await
+            .ok_or_else(|| {
+                io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "the client closed the connection during the answer",
-                )));
-            }
-            Poll::Pending
-        })
-        .await
+                )
+            })
     }
 
     /// A bare answer of this server's own (the engine's answer could not be
@@ -472,16 +474,14 @@ fn connection_allows_lean(value: &[u8], close: &mut bool) -> bool {
 /// not take a part of it (hyper then answers it).
 fn build_request(
     head: &Bytes,
-    method: Range<usize>,
+    method: Method,
     path: Range<usize>,
-    fields: &[(Range<usize>, Range<usize>)],
+    fields: impl ExactSizeIterator<Item = (HeaderName, Range<usize>)>,
 ) -> Option<Request<Empty<Bytes>>> {
-    let method = Method::from_bytes(&head[method]).ok()?;
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, value) in fields {
-        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
         headers.append(name, value);
     }
     let mut req = Request::new(Empty::new());
