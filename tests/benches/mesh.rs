@@ -18,7 +18,8 @@
 //! req/s on 8 connections, and 15 000 req/s on 16, where L4 and L7 are
 //! compared at the same offered load; an open-loop generator in this file
 //! that measures from each request's scheduled send time, so a stall is not
-//! hidden by coordinated omission),
+//! hidden by coordinated omission; three rounds, the routes in another
+//! order each round, pooled, with the L7/L4 cost also given per round),
 //! one-stream throughput (iperf3), new connections per second, and the CPU
 //! seconds and RSS of both node proxies over each run. It prints markdown
 //! tables with ratios against direct and the L7/L4 CPU cost per request.
@@ -42,7 +43,8 @@
 //!
 //! Every load generator runs inside the client pod's network namespace and
 //! all traffic stays inside the lab's namespaces. The lab is removed when
-//! the run ends, also on failure. The whole run takes about 3 minutes.
+//! the run ends, also on failure. The whole run takes about 4
+//! minutes.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -55,15 +57,21 @@ use anyhow::{Context as _, bail, ensure};
 use hawser_tests::lab::{Lab, LabConfig, LabGuard, sys};
 
 /// The whole benchmark must finish within this (lab setup included).
-const BUDGET: Duration = Duration::from_secs(300);
+const BUDGET: Duration = Duration::from_secs(360);
 /// How long a closed-loop wrk run lasts.
 const WRK_DURATION: Duration = Duration::from_secs(10);
-/// The open-loop run: rate, connections, duration.
 /// The open-loop runs, (req/s, connections): a light load, and a heavy one
 /// that every mesh path still keeps up with, so L4 and L7 are compared at
 /// the same offered load (closed-loop wrk compares them at different ones).
 const FIXED_RUNS: [(u32, u32); 2] = [(1000, 8), (15_000, 16)];
-const FIXED_RATE_DURATION: Duration = Duration::from_secs(10);
+/// How long each route runs at each fixed rate, per round.
+const FIXED_RATE_DURATION: Duration = Duration::from_secs(5);
+/// Rounds of the fixed-rate runs. Each round runs every route once, each
+/// round in another order, so a drift of the machine (its other load, its
+/// clock) falls on every route alike instead of on whichever ran last; the
+/// L7/L4 cost is given pooled over the rounds and per round, so its spread
+/// shows.
+const FIXED_ROUNDS: usize = 3;
 /// How long one iperf3 stream runs.
 const IPERF_SECONDS: u32 = 10;
 /// The new-connections run: duration and concurrent connectors.
@@ -278,8 +286,6 @@ struct Setup {
     client_netns: [String; 2],
     /// The Service ClusterIP per namespace (direct, mesh).
     vip: [Ipv4Addr; 2],
-    /// Clock ticks per second of /proc/<pid>/stat times.
-    clk_tck: f64,
     started: Instant,
 }
 
@@ -320,17 +326,17 @@ impl Setup {
     ) -> anyhow::Result<(T, Usage)> {
         let echo = self.echo_pid(route);
         let before = [
-            cpu_ticks(self.proxies[0])?,
-            cpu_ticks(self.proxies[1])?,
-            cpu_ticks(echo)?,
+            cpu_ns(self.proxies[0])?,
+            cpu_ns(self.proxies[1])?,
+            cpu_ns(echo)?,
         ];
         let out = f()?;
         let after = [
-            cpu_ticks(self.proxies[0])?,
-            cpu_ticks(self.proxies[1])?,
-            cpu_ticks(echo)?,
+            cpu_ns(self.proxies[0])?,
+            cpu_ns(self.proxies[1])?,
+            cpu_ns(echo)?,
         ];
-        let secs = |i: usize| after[i].saturating_sub(before[i]) as f64 / self.clk_tck;
+        let secs = |i: usize| after[i].saturating_sub(before[i]) as f64 / 1e9;
         let mem = [memory(self.proxies[0])?, memory(self.proxies[1])?];
         Ok((
             out,
@@ -358,6 +364,17 @@ struct Usage {
 }
 
 impl Usage {
+    /// Adds another run's CPU; memory is the later run's (RSS) and the
+    /// larger peak.
+    fn add(&mut self, later: &Usage) {
+        for i in 0..2 {
+            self.proxy_cpu[i] += later.proxy_cpu[i];
+            self.rss_kib[i] = later.rss_kib[i];
+            self.hwm_kib[i] = self.hwm_kib[i].max(later.hwm_kib[i]);
+        }
+        self.server_cpu += later.server_cpu;
+    }
+
     fn proxy_total(&self) -> f64 {
         self.proxy_cpu[0] + self.proxy_cpu[1]
     }
@@ -379,24 +396,35 @@ impl Usage {
     }
 }
 
-/// utime + stime of `pid` (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat (did the process die?)"))?;
-    // Fields after the `(comm)`, which may contain spaces: state is field 3,
-    // utime 14 and stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i - 3)
+/// The time `pid`'s threads have run on a CPU, in ns: the sum of each
+/// thread's `/proc/<pid>/task/<tid>/schedstat` (the scheduler's own clock;
+/// `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for a 5 s run at
+/// 1000 req/s). A thread that exits during a run would be missed: the
+/// proxies' and the echo servers' threads live as long as they do.
+fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks =
+        std::fs::read_dir(&dir).with_context(|| format!("list {dir} (did the process die?)"))?;
+    let mut total = 0;
+    for task in tasks {
+        let path = task
+            .with_context(|| format!("list {dir}"))?
+            .path()
+            .join("schedstat");
+        let stat = match std::fs::read_to_string(&path) {
+            Ok(stat) => stat,
+            // The thread ended between the listing and the read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let ns: u64 = stat
+            .split_whitespace()
+            .next()
             .and_then(|f| f.parse().ok())
-            .with_context(|| format!("/proc/{pid}/stat field {i}"))
-    };
-    Ok(field(14)? + field(15)?)
+            .with_context(|| format!("malformed {}: {stat:?}", path.display()))?;
+        total += ns;
+    }
+    Ok(total)
 }
 
 /// `(VmRSS, VmHWM)` of `pid` in KiB.
@@ -502,16 +530,11 @@ fn setup(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<Setup> {
             }
         }
     }
-    let clk_tck: f64 = sys::run("getconf", ["CLK_TCK"])?
-        .trim()
-        .parse()
-        .context("getconf CLK_TCK")?;
     Ok(Setup {
         proxies,
         echo: [echo_pid(DIRECT_NS)?, echo_pid(MESH_NS)?],
         client_netns,
         vip: [vip(DIRECT_NS)?, vip(MESH_NS)?],
-        clk_tck,
         started,
     })
 }
@@ -812,6 +835,23 @@ struct FixedRateResult {
 }
 
 impl FixedRateResult {
+    /// Pools another run (at the same rate) into this one.
+    fn add(&mut self, other: FixedRateResult) {
+        let (n, m) = (
+            self.latencies_us.len() as f64,
+            other.latencies_us.len() as f64,
+        );
+        if n + m > 0.0 {
+            self.send_lateness_us =
+                (self.send_lateness_us * n + other.send_lateness_us * m) / (n + m);
+        }
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us
+            .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+
     fn percentile_ms(&self, p: f64) -> f64 {
         percentile(&self.latencies_us, p) / 1000.0
     }
@@ -1047,11 +1087,31 @@ fn new_connections(
 #[derive(Default)]
 struct Results {
     wrk: Vec<(Route, u32, WrkResult, Usage)>,
+    /// Each route's fixed-rate runs, pooled over the rounds.
     fixed: Vec<(Route, u32, u32, FixedRateResult, Usage)>,
+    /// The fixed-rate runs one by one.
+    fixed_rounds: Vec<FixedRound>,
     iperf: Vec<(Route, IperfResult, Usage)>,
     connect: Vec<(Route, Exchange, ConnectResult, Usage)>,
     /// `(run, usage)` in run order, for the memory table.
     memory: Vec<(String, Usage)>,
+}
+
+/// One route's run at one fixed rate in one round.
+#[derive(Debug)]
+struct FixedRound {
+    route: Route,
+    rate: u32,
+    round: usize,
+    answered: u64,
+    usage: Usage,
+}
+
+/// `routes`, starting at the `round`-th (mod their number).
+fn rotated(mut routes: [Route; 4], round: usize) -> [Route; 4] {
+    let n = routes.len();
+    routes.rotate_left(round % n);
+    routes
 }
 
 fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
@@ -1111,22 +1171,46 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
     }
 
     for (rate, conns) in FIXED_RUNS.into_iter().filter(|_| only.fixed) {
-        for route in Route::ALL {
+        let mut pooled: Vec<(Route, FixedRateResult, Usage)> = Vec::new();
+        for round in 0..FIXED_ROUNDS {
+            for route in rotated(Route::ALL, round) {
+                let what = format!(
+                    "{rate} req/s -c{conns} {} (round {} of {FIXED_ROUNDS})",
+                    route.label(),
+                    round + 1
+                );
+                setup.check_budget(&what)?;
+                let addr = setup.addr(route, route.http_port());
+                let (r, usage) = setup.measure(route, || {
+                    fixed_rate(setup.netns(route), addr, rate, conns, FIXED_RATE_DURATION)
+                })?;
+                eprintln!(
+                    "bench:   {:.0} req/s answered, mean {:.3} ms, p99 {:.3} ms, {} errors",
+                    r.achieved_rps(),
+                    r.mean_ms(),
+                    r.percentile_ms(0.99),
+                    r.errors
+                );
+                results.fixed_rounds.push(FixedRound {
+                    route,
+                    rate,
+                    round,
+                    answered: r.latencies_us.len() as u64,
+                    usage,
+                });
+                match pooled.iter_mut().find(|(rt, _, _)| *rt == route) {
+                    Some((_, total, total_usage)) => {
+                        total.add(r);
+                        total_usage.add(&usage);
+                    }
+                    None => pooled.push((route, r, usage)),
+                }
+            }
+        }
+        for (route, r, usage) in pooled {
             let what = format!("{rate} req/s -c{conns} {}", route.label());
-            setup.check_budget(&what)?;
-            let addr = setup.addr(route, route.http_port());
-            let (r, usage) = setup.measure(route, || {
-                fixed_rate(setup.netns(route), addr, rate, conns, FIXED_RATE_DURATION)
-            })?;
-            eprintln!(
-                "bench:   {:.0} req/s answered, mean {:.3} ms, p99 {:.3} ms, {} errors",
-                r.achieved_rps(),
-                r.mean_ms(),
-                r.percentile_ms(0.99),
-                r.errors
-            );
-            results.fixed.push((route, rate, conns, r, usage));
             results.memory.push((what, usage));
+            results.fixed.push((route, rate, conns, r, usage));
         }
     }
 
@@ -1315,7 +1399,8 @@ fn render(r: &Results) -> String {
 
     let _ = writeln!(
         s,
-        "\n### Latency at fixed rates (open loop, keep-alive connections, {}s, from scheduled send time)\n",
+        "\n### Latency at fixed rates (open loop, keep-alive connections, {} rounds of {}s pooled, from scheduled send time)\n",
+        FIXED_ROUNDS,
         FIXED_RATE_DURATION.as_secs()
     );
     let _ = writeln!(
@@ -1419,9 +1504,13 @@ fn render(r: &Results) -> String {
         s,
         "\n### L7 vs L4: proxy CPU seconds per 1000 requests (both proxies; goal L7 ≤ 1.25× L4)\n"
     );
-    let _ = writeln!(s, "| run | L4 | L7 | L7 / L4 | within goal |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---|");
-    let mut pairs: Vec<(String, f64, f64)> = Vec::new();
+    let _ = writeln!(
+        s,
+        "| run | L4 | L7 | L7 / L4 | L7 / L4 per round | within goal |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---|");
+    // (run, L4, L7, the per-round ratios of a fixed-rate run)
+    let mut pairs: Vec<(String, f64, f64, Vec<f64>)> = Vec::new();
     for (l7_route, suffix) in [(Route::L7, ""), (Route::L7Authz, ", L7 + L7 authz")] {
         for conns in [1, 16] {
             let find = |route| {
@@ -1431,7 +1520,7 @@ fn render(r: &Results) -> String {
                     .map(|(_, _, w, u)| u.per_thousand(w.requests)[2])
             };
             if let (Some(l4), Some(l7)) = (find(Route::L4), find(l7_route)) {
-                pairs.push((format!("wrk -c{conns}{suffix}"), l4, l7));
+                pairs.push((format!("wrk -c{conns}{suffix}"), l4, l7, Vec::new()));
             }
         }
         for (rate, conns) in FIXED_RUNS {
@@ -1441,8 +1530,22 @@ fn render(r: &Results) -> String {
                     .find(|(rt, ra, c, _, _)| *rt == route && *ra == rate && *c == conns)
                     .map(|(_, _, _, f, u)| u.per_thousand(f.latencies_us.len() as u64)[2])
             };
+            let round = |route, round| {
+                r.fixed_rounds
+                    .iter()
+                    .find(|f| f.route == route && f.rate == rate && f.round == round)
+                    .map(|f| f.usage.per_thousand(f.answered)[2])
+            };
+            let rounds = (0..FIXED_ROUNDS)
+                .filter_map(|i| Some(round(l7_route, i)? / round(Route::L4, i)?))
+                .collect();
             if let (Some(l4), Some(l7)) = (fixed(Route::L4), fixed(l7_route)) {
-                pairs.push((format!("{rate} req/s, {conns} conns{suffix}"), l4, l7));
+                pairs.push((
+                    format!("{rate} req/s, {conns} conns{suffix} ({FIXED_ROUNDS} rounds pooled)"),
+                    l4,
+                    l7,
+                    rounds,
+                ));
             }
         }
     }
@@ -1453,13 +1556,19 @@ fn render(r: &Results) -> String {
             .map(|(_, _, c, u)| u.per_thousand(c.ok)[2])
     };
     if let (Some(l4), Some(l7)) = (conn(Route::L4), conn(Route::L7)) {
-        pairs.push(("new connections (HTTP)".into(), l4, l7));
+        pairs.push(("new connections (HTTP)".into(), l4, l7, Vec::new()));
     }
-    for (run, l4, l7) in pairs {
+    for (run, l4, l7, rounds) in pairs {
         let within = if l7 <= l4 * 1.25 { "yes" } else { "no" };
+        let rounds = if rounds.is_empty() {
+            "—".to_owned()
+        } else {
+            let each: Vec<String> = rounds.iter().map(|x| format!("{x:.2}")).collect();
+            each.join(" / ")
+        };
         let _ = writeln!(
             s,
-            "| {run} | {l4:.3} | {l7:.3} | {} | {within} |",
+            "| {run} | {l4:.3} | {l7:.3} | {} | {rounds} | {within} |",
             ratio(l7, Some(l4))
         );
     }
