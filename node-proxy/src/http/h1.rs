@@ -13,6 +13,12 @@
 //! the response may already be arriving) and upgrades stay on hyper's
 //! connection.
 //!
+//! A request can also go as its client wrote it
+//! ([`Connection::exchange_verbatim`], the inbound side's authorized plain
+//! requests): then an answer framed by one `Content-Length`, or without a
+//! body, with no connection-specific field, comes back as its bytes, not
+//! parsed into a `Response`; any other answer is parsed as below.
+//!
 //! The response is framed per RFC 9112 §6.3: no body for `HEAD`, `1xx`,
 //! `204` and `304`; `Transfer-Encoding` (chunked last: chunked, else read to
 //! the close) over `Content-Length`; a `Content-Length` must be one number
@@ -175,22 +181,78 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     where
         IO: Send + 'static,
     {
-        let mut resp = self.send(req).await?;
-        resp.body_mut().on_reusable(on_reusable);
-        Ok(if resp.body().is_end_stream() {
-            resp.map(|_| empty())
-        } else {
-            resp.map(boxed)
-        })
+        let resp = self.send(req).await?;
+        Ok(finish(resp, on_reusable))
+    }
+
+    /// Exchanges a request that [`fits`] and is written as its client wrote
+    /// it: `head`, request line to blank line; `head_request`: it is a
+    /// `HEAD`. An answer whose head can be passed on unchanged (see
+    /// [`verbatim_head`]) comes back as its bytes and its body; any other is
+    /// parsed, as [`Self::exchange`] gives it. The connection goes to
+    /// `on_reusable` as there.
+    pub(crate) async fn exchange_verbatim(
+        mut self,
+        head: &[u8],
+        head_request: bool,
+        on_reusable: OnReusable<IO>,
+    ) -> Result<Answer, Error>
+    where
+        IO: Send + 'static,
+    {
+        self.write(head).await?;
+        loop {
+            match verbatim_head(&self.buf, head_request) {
+                Peek::Partial => self.read_more_head().await?,
+                Peek::Other => {
+                    let resp = self.receive(head_request).await?;
+                    return Ok(Answer::Parsed(finish(resp, on_reusable)));
+                }
+                Peek::Verbatim {
+                    len,
+                    length,
+                    keep_alive,
+                } => {
+                    let head = self.buf.split_to(len).freeze();
+                    let mut body = ResponseBody {
+                        conn: Some(SyncWrapper::new(self)),
+                        decode: if length == 0 {
+                            Decode::Done
+                        } else {
+                            Decode::Length(length)
+                        },
+                        keep_alive,
+                        on_reusable: None,
+                    };
+                    body.on_reusable(on_reusable);
+                    return Ok(Answer::Verbatim(Verbatim {
+                        head,
+                        body: if length == 0 { empty() } else { boxed(body) },
+                        length,
+                        close: !keep_alive,
+                    }));
+                }
+            }
+        }
     }
 
     /// Sends a request that has no body, and reads the response head. The
     /// response body reads the rest from the connection.
     async fn send(mut self, req: &Parts) -> Result<Response<ResponseBody<IO>>, Error> {
         debug_assert!(req.method != Method::CONNECT, "CONNECT does not fit");
-        let head = encode_head(req);
-        self.io.write_all(&head).await.map_err(Error::Write)?;
-        self.io.flush().await.map_err(Error::Write)?;
+        self.write(&encode_head(req)).await?;
+        self.receive(req.method == Method::HEAD).await
+    }
+
+    /// Writes a request head (the request has no body).
+    async fn write(&mut self, head: &[u8]) -> Result<(), Error> {
+        self.io.write_all(head).await.map_err(Error::Write)?;
+        self.io.flush().await.map_err(Error::Write)
+    }
+
+    /// Reads the response head, past interim answers; `head_request`: the
+    /// request was a `HEAD`. The response body reads the rest.
+    async fn receive(mut self, head_request: bool) -> Result<Response<ResponseBody<IO>>, Error> {
         let mut head = loop {
             let head = self.read_head().await?;
             match head.status.as_u16() {
@@ -201,7 +263,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 _ => break head,
             }
         };
-        let no_body = req.method == Method::HEAD
+        let no_body = head_request
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED;
         let (decode, keep_alive) = framing(&mut head.headers, head.version, no_body)?;
@@ -223,14 +285,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             if let Some(head) = self.parse_head()? {
                 return Ok(head);
             }
-            if self.buf.len() >= MAX_HEAD {
-                return Err(Error::HeadTooLarge);
-            }
-            let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
-            if read.map_err(Error::Read)? == 0 {
-                return Err(Error::ClosedBeforeHead(self.buf.len()));
-            }
+            self.read_more_head().await?;
         }
+    }
+
+    /// Reads more of a head that is not complete yet.
+    async fn read_more_head(&mut self) -> Result<(), Error> {
+        if self.buf.len() >= MAX_HEAD {
+            return Err(Error::HeadTooLarge);
+        }
+        let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
+        if read.map_err(Error::Read)? == 0 {
+            return Err(Error::ClosedBeforeHead(self.buf.len()));
+        }
+        Ok(())
     }
 
     /// Parses a complete head off the front of the buffer, if there is one.
@@ -283,6 +351,140 @@ pub(crate) fn put_field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
+}
+
+/// A response whose body goes to `on_reusable`'s connection hand-back.
+fn finish<IO>(
+    mut resp: Response<ResponseBody<IO>>,
+    on_reusable: OnReusable<IO>,
+) -> Response<HttpBody>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    resp.body_mut().on_reusable(on_reusable);
+    if resp.body().is_end_stream() {
+        resp.map(|_| empty())
+    } else {
+        resp.map(boxed)
+    }
+}
+
+/// The answer to a request passed on as it came
+/// ([`Connection::exchange_verbatim`]).
+pub(crate) enum Answer {
+    /// Passed on as the upstream wrote it.
+    Verbatim(Verbatim),
+    /// Parsed (its connection-specific fields still in it).
+    Parsed(Response<HttpBody>),
+}
+
+/// An answer passed on as the upstream wrote it.
+pub(crate) struct Verbatim {
+    /// Its head, status line to blank line.
+    pub head: Bytes,
+    /// Its body: exactly `length` bytes (none for `HEAD`, `204`, `304`).
+    pub body: HttpBody,
+    pub length: u64,
+    /// The upstream closes the connection after it (`Connection: close`).
+    pub close: bool,
+}
+
+/// What the start of the read buffer holds, for [`verbatim_head`].
+#[derive(Debug, PartialEq, Eq)]
+enum Peek {
+    /// Not a complete head yet.
+    Partial,
+    /// A head of `len` bytes to pass on unchanged, then `length` bytes of
+    /// body; `keep_alive`: the connection may carry another exchange.
+    Verbatim {
+        len: usize,
+        length: u64,
+        keep_alive: bool,
+    },
+    /// A head to parse.
+    Other,
+}
+
+/// Fields that keep an answer from being passed on as it came: framing
+/// other than one length, connection-specific fields, and the field only a
+/// node proxy's own answers carry.
+const NOT_VERBATIM: [&str; 6] = [
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    super::UPSTREAM_ERROR_HEADER,
+];
+
+/// Whether the answer at the front of `buf` (to a `HEAD` if
+/// `head_request`) can be passed on unchanged: a final HTTP/1.1 answer
+/// with at most [`FEW_HEADERS`] fields, framed by one `Content-Length` of
+/// digits or without a body (`HEAD`, `304`, `204` without a length), with
+/// no [`NOT_VERBATIM`] field and a `Connection` of `close`/`keep-alive` at
+/// most. Anything else (chunked, read to the close, interim, HTTP/1.0,
+/// repeated lengths, malformed) is parsed, with the parser's checks and
+/// errors.
+fn verbatim_head(buf: &[u8], head_request: bool) -> Peek {
+    let mut fields = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Partial) => return Peek::Partial,
+        _ => return Peek::Other,
+    };
+    let (Some(1), Some(code @ 200..=599)) = (resp.version, resp.code) else {
+        return Peek::Other;
+    };
+    let mut length = None;
+    let mut keep_alive = true;
+    for field in resp.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            match (length, digits(field.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Peek::Other,
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            let Ok(value) = std::str::from_utf8(field.value) else {
+                return Peek::Other;
+            };
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+                    return Peek::Other;
+                }
+            }
+        } else if NOT_VERBATIM.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            return Peek::Other;
+        }
+    }
+    let no_body = head_request || code == 204 || code == 304;
+    match length {
+        // Its length goes (a `204` has no body to measure).
+        Some(_) if code == 204 => Peek::Other,
+        _ if no_body => Peek::Verbatim {
+            len,
+            length: 0,
+            keep_alive,
+        },
+        Some(length) => Peek::Verbatim {
+            len,
+            length,
+            keep_alive,
+        },
+        // Read to the close.
+        None => Peek::Other,
+    }
+}
+
+/// A `Content-Length` value of decimal digits only (no list, no spaces).
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// A response head, parsed.
@@ -1350,5 +1552,182 @@ mod tests {
         assert!(!Error::InvalidHead("x".into()).is_connection_error());
         assert!(!Error::UnexpectedUpgrade.is_connection_error());
         assert!(!Error::InvalidContentLength("x".into()).is_connection_error());
+    }
+
+    #[test]
+    fn which_answers_pass_on_as_they_came() {
+        let verbatim = |head: &str, length, keep_alive| Peek::Verbatim {
+            len: head.find("\r\n\r\n").expect("a whole head") + 4,
+            length,
+            keep_alive,
+        };
+        let ok = "HTTP/1.1 200 OK\r\nX-Odd: a\r\nContent-Length: 5\r\n\r\nhello";
+        let closing =
+            "HTTP/1.1 404 Not Found\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n";
+        let kept = "HTTP/1.1 200 OK\r\nconnection: Keep-Alive\r\ncontent-length: 2\r\n\r\nok";
+        let no_content = "HTTP/1.1 204 No Content\r\n\r\n";
+        let not_modified = "HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n";
+        let head_answer = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
+        assert_eq!(verbatim_head(ok.as_bytes(), false), verbatim(ok, 5, true));
+        assert_eq!(
+            verbatim_head(closing.as_bytes(), false),
+            verbatim(closing, 0, false)
+        );
+        assert_eq!(
+            verbatim_head(kept.as_bytes(), false),
+            verbatim(kept, 2, true)
+        );
+        assert_eq!(
+            verbatim_head(no_content.as_bytes(), false),
+            verbatim(no_content, 0, true)
+        );
+        assert_eq!(
+            verbatim_head(not_modified.as_bytes(), false),
+            verbatim(not_modified, 0, true)
+        );
+        assert_eq!(
+            verbatim_head(head_answer.as_bytes(), true),
+            verbatim(head_answer, 0, true),
+            "a HEAD's answer: its length is the GET's, no body follows"
+        );
+        assert_eq!(verbatim_head(b"", false), Peek::Partial);
+        assert_eq!(
+            verbatim_head(b"HTTP/1.1 200 OK\r\nContent-Le", false),
+            Peek::Partial
+        );
+        let many: String = (0..FEW_HEADERS + 1)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        let many = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n");
+        for (answer, why) in [
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "chunked",
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", "read to the close"),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", "HTTP/1.0"),
+            ("HTTP/1.1 100 Continue\r\n\r\n", "interim"),
+            ("HTTP/1.1 101 Switching Protocols\r\n\r\n", "an upgrade"),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+                "a 204's length goes",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                "two lengths",
+            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", "a list"),
+            ("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n", "a sign"),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n",
+                "another option",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+                "hop-by-hop",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nHawser-Upstream-Error: reset\r\nContent-Length: 0\r\n\r\n",
+                "a node proxy's own",
+            ),
+            (many.as_str(), "more fields than the first parse takes"),
+            ("HTTP/1.1 2x0 OK\r\n\r\n", "malformed"),
+        ] {
+            assert_eq!(
+                verbatim_head(answer.as_bytes(), false),
+                Peek::Other,
+                "{why}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn verbatim_exchanges_pass_both_heads_on_and_hand_the_connection_back() {
+        let (client, mut server) = duplex(4096);
+        let handed = Arc::new(AtomicUsize::new(0));
+        let back = |handed: &Arc<AtomicUsize>| -> OnReusable<DuplexStream> {
+            let count = handed.clone();
+            Box::new(move |_| {
+                count.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let request = "GET /a HTTP/1.1\r\nHost: x\r\nX-Odd-Case: 1\r\n\r\n";
+        let answer = "HTTP/1.1 200 OK\r\nX-Odd-Case: 2\r\nContent-Length: 5\r\n\r\nhello";
+        let serve = async {
+            assert_eq!(read_request(&mut server).await, request, "as it came");
+            server.write_all(answer.as_bytes()).await.expect("answer");
+        };
+        let exchange =
+            Connection::new(client).exchange_verbatim(request.as_bytes(), false, back(&handed));
+        let (got, ()) = tokio::join!(exchange, serve);
+        let Ok(Answer::Verbatim(got)) = got else {
+            panic!("passed on as it came");
+        };
+        assert_eq!(&got.head[..], &answer.as_bytes()[..answer.len() - 5]);
+        assert_eq!((got.length, got.close), (5, false));
+        assert_eq!(handed.load(Ordering::SeqCst), 0, "not before its body");
+        let body = got.body.collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(handed.load(Ordering::SeqCst), 1, "after its body");
+
+        // A chunked answer is parsed; `Connection: close` keeps it from
+        // being handed back.
+        let (client, mut server) = duplex(4096);
+        let handed = Arc::new(AtomicUsize::new(0));
+        let chunked = "HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let serve = async {
+            read_request(&mut server).await;
+            server.write_all(chunked.as_bytes()).await.expect("answer");
+        };
+        let exchange =
+            Connection::new(client).exchange_verbatim(request.as_bytes(), false, back(&handed));
+        let (got, ()) = tokio::join!(exchange, serve);
+        let Ok(Answer::Parsed(resp)) = got else {
+            panic!("parsed");
+        };
+        assert_eq!(resp.headers()["connection"], "close");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(handed.load(Ordering::SeqCst), 0, "the upstream closes it");
+
+        // A HEAD: no body after its head, handed back at once.
+        let (client, mut server) = duplex(4096);
+        let handed = Arc::new(AtomicUsize::new(0));
+        let head_answer = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
+        let serve = async {
+            read_request(&mut server).await;
+            server
+                .write_all(head_answer.as_bytes())
+                .await
+                .expect("answer");
+        };
+        let exchange = Connection::new(client).exchange_verbatim(
+            b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            true,
+            back(&handed),
+        );
+        let (got, ()) = tokio::join!(exchange, serve);
+        let Ok(Answer::Verbatim(got)) = got else {
+            panic!("passed on as it came");
+        };
+        assert_eq!((&got.head[..], got.length), (head_answer.as_bytes(), 0));
+        assert!(got.body.is_end_stream());
+        assert_eq!(handed.load(Ordering::SeqCst), 1, "handed back at once");
+
+        // The upstream closes before answering: a connection error (which
+        // a route may retry).
+        let (client, mut server) = duplex(4096);
+        let serve = async {
+            read_request(&mut server).await;
+            drop(server);
+        };
+        let exchange =
+            Connection::new(client).exchange_verbatim(request.as_bytes(), false, back(&handed));
+        let (got, ()) = tokio::join!(exchange, serve);
+        match got {
+            Err(e @ Error::ClosedBeforeHead(0)) => assert!(e.is_connection_error()),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("no answer, yet an answer"),
+        }
     }
 }

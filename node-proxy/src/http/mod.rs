@@ -35,7 +35,7 @@ mod proxy;
 mod respond;
 mod retry;
 pub mod routes;
-mod serve;
+pub(crate) mod serve;
 
 #[cfg(test)]
 mod tests;
@@ -57,7 +57,7 @@ pub(crate) use proxy::strip_hop_by_hop;
 pub use respond::HttpError;
 pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};
-pub(crate) use serve::serve;
+pub(crate) use serve::serve_verbatim;
 
 /// Set by the destination node proxy on its own reply when the app refused
 /// or dropped the connection (`connect` or `reset`) while it served the

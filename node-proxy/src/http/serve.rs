@@ -12,6 +12,11 @@
 //! far, to hyper's server, which serves the rest of the connection: request
 //! bodies, `100-continue`, upgrades, HTTP/2, and its `400`s for bad input.
 //!
+//! An engine may also take a plain request as it came ([`serve_verbatim`]:
+//! the inbound side, which needs only its method and path), and answer with
+//! the upstream's answer as it came ([`Answer::Verbatim`]), its head and its
+//! body's bytes copied, not parsed and written again.
+//!
 //! Answers keep hyper's conventions: `Content-Length` when the length is
 //! known, else chunked; no body for `HEAD`, `204` and `304`; a `Date` when
 //! the answer has none; `Connection: close` when the connection closes after
@@ -27,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -37,7 +42,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, HttpBody};
-use super::h1::{self, put_field};
+use super::h1::{self, Answer, Verbatim, put_field};
 use super::proxy::connection_tokens;
 
 /// Header fields a request may have and still be served here.
@@ -53,7 +58,7 @@ const COALESCE: usize = 16 * 1024;
 /// the rest of the connection, from the first other request on, through
 /// hyper's server with `service`. The error is the one that ended the
 /// connection.
-pub(crate) async fn serve<IO, L, F, S>(io: IO, mut lean: L, service: S) -> Result<(), BoxError>
+pub(crate) async fn serve<IO, L, F, S>(io: IO, lean: L, service: S) -> Result<(), BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     L: FnMut(Request<Empty<Bytes>>) -> F,
@@ -62,19 +67,57 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
+    let never = |_: &RawRequest| None::<std::future::Ready<Answer>>;
+    serve_verbatim(io, lean, never, service).await
+}
+
+/// [`serve`], where `verbatim` may take a plain request as it came (its
+/// head's bytes, unparsed fields) and answer it, also with an answer to
+/// pass on as it came; the requests it does not take go to `lean`.
+pub(crate) async fn serve_verbatim<IO, L, F, V, G, S>(
+    io: IO,
+    mut lean: L,
+    mut verbatim: V,
+    service: S,
+) -> Result<(), BoxError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    L: FnMut(Request<Empty<Bytes>>) -> F,
+    F: Future<Output = Response<HttpBody>>,
+    V: FnMut(&RawRequest) -> Option<G>,
+    G: Future<Output = Answer>,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<HttpBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
     let mut conn = ClientConnection::new(io);
     loop {
-        let (req, close) = match conn.next_request().await? {
-            Next::Request { req, close } => (req, close),
+        let raw = match conn.next_request().await? {
+            Next::Request(raw) => raw,
             Next::Closed => return Ok(()),
             Next::Other => break,
         };
-        let head = req.method() == Method::HEAD;
-        let Some(resp) = conn.answer(pin!(lean(req))).await else {
-            // The client left: the request was cancelled with its future.
+        let (head, close) = (raw.method == Method::HEAD, raw.close);
+        let answer = match verbatim(&raw) {
+            Some(answer) => conn.answer(pin!(answer)).await,
+            None => match raw.into_request() {
+                Ok(req) => conn.answer(pin!(lean(req))).await.map(Answer::Parsed),
+                Err(head) => {
+                    // Not taken after all: the head goes back for hyper.
+                    conn.put_back(&head);
+                    break;
+                }
+            },
+        };
+        // None: the client left; the request was cancelled with its future.
+        let Some(answer) = answer else {
             return Ok(());
         };
-        if !conn.write_response(resp, head, close).await? {
+        let more = match answer {
+            Answer::Parsed(resp) => conn.write_response(resp, head, close).await?,
+            Answer::Verbatim(answer) => conn.write_verbatim(answer, close).await?,
+        };
+        if !more {
             let _ = conn.io.shutdown().await;
             return Ok(());
         }
@@ -88,18 +131,96 @@ where
         .await
 }
 
+/// A plain request as it came: the bytes of its head, and where its parts
+/// are in them. Small and without a destructor per field: it is made and
+/// moved for every plain request.
+pub(crate) struct RawRequest {
+    /// Request line to blank line.
+    head: Bytes,
+    method: Method,
+    /// The request target in `head`.
+    target: Part,
+    /// Each field's name and value in `head`; the first `count` are the
+    /// request's.
+    fields: [(Part, Part); FEW_HEADERS],
+    count: usize,
+    /// It asked for the connection to close after the answer.
+    close: bool,
+}
+
+/// Where a part of a head is in its bytes (a head served here is at most
+/// [`MAX_LEAN_HEAD`] long).
+#[derive(Clone, Copy, Default)]
+struct Part {
+    start: u16,
+    end: u16,
+}
+
+impl Part {
+    fn range(self) -> Range<usize> {
+        usize::from(self.start)..usize::from(self.end)
+    }
+}
+
+impl RawRequest {
+    /// The head, request line to blank line, as the client wrote it.
+    pub(crate) fn head(&self) -> &Bytes {
+        &self.head
+    }
+
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request target (origin form: path and query), sharing the head's
+    /// bytes.
+    pub(crate) fn target(&self) -> Bytes {
+        self.head.slice(self.target.range())
+    }
+
+    /// Whether it asked for the connection to close after the answer.
+    pub(crate) fn asks_close(&self) -> bool {
+        self.close
+    }
+
+    /// The names of its header fields, as the client wrote them.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.fields[..self.count]
+            .iter()
+            .map(|(name, _)| &self.head[name.range()])
+    }
+
+    /// The request over the shared bytes of its head; its head back when
+    /// `http` will not take a part of it (hyper then answers it).
+    fn into_request(self) -> Result<Request<Empty<Bytes>>, Bytes> {
+        let head = &self.head;
+        let build = || {
+            let uri = Uri::from_maybe_shared(head.slice(self.target.range())).ok()?;
+            let mut headers = HeaderMap::with_capacity(self.count);
+            for (name, value) in &self.fields[..self.count] {
+                let name = HeaderName::from_bytes(&head[name.range()]).ok()?;
+                let value = HeaderValue::from_maybe_shared(head.slice(value.range())).ok()?;
+                headers.append(name, value);
+            }
+            let mut req = Request::new(Empty::new());
+            *req.method_mut() = self.method.clone();
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = headers;
+            Some(req)
+        };
+        build().ok_or(self.head)
+    }
+}
+
 /// What the client sent next.
 #[expect(
     clippy::large_enum_variant,
     reason = "returned once per request and taken apart at once; boxing the request would allocate"
 )]
 enum Next {
-    /// A request to serve here; `close`: it asked for the connection to
-    /// close after the answer.
-    Request {
-        req: Request<Empty<Bytes>>,
-        close: bool,
-    },
+    /// A request to serve here.
+    Request(RawRequest),
     /// Something for hyper (still in the buffer, not consumed).
     Other,
     /// The client closed the connection between requests.
@@ -168,44 +289,57 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             return Some(Next::Other);
         };
         let base = self.buf.as_ptr() as usize;
+        // Within the head, which is at most `MAX_LEAN_HEAD` (< 64 KiB) long.
         let at = |s: &[u8]| {
             let start = s.as_ptr() as usize - base;
-            start..start + s.len()
+            Part {
+                start: start as u16,
+                end: (start + s.len()) as u16,
+            }
         };
         let mut close = false;
-        // Each name is parsed once, here; values stay positions until the
-        // head's bytes are shared.
-        let mut fields: [(HeaderName, Range<usize>); FEW_HEADERS] =
-            std::array::from_fn(|_| (CONNECTION, 0..0));
+        // Names are compared as they are; they are parsed only when the
+        // request is built.
+        let mut fields = [(Part::default(), Part::default()); FEW_HEADERS];
         for (field, slot) in parsed.headers.iter().zip(fields.iter_mut()) {
-            let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-                return Some(Next::Other);
-            };
-            let plain = if name == CONNECTION {
+            let name = field.name;
+            let plain = if name.eq_ignore_ascii_case("connection") {
                 connection_allows_lean(field.value, &mut close)
             } else {
                 // A body, an upgrade, an expectation or trailers: hyper's.
-                ![CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT, TE].contains(&name)
+                ![
+                    "content-length",
+                    "transfer-encoding",
+                    "upgrade",
+                    "expect",
+                    "te",
+                ]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
             };
             if !plain {
                 return Some(Next::Other);
             }
-            *slot = (name, at(field.value));
+            *slot = (at(name.as_bytes()), at(field.value));
         }
         let count = parsed.headers.len();
-        let path = at(path.as_bytes());
-        let head = self.buf.split_to(len).freeze();
-        match build_request(&head, method, path, fields.into_iter().take(count)) {
-            Some(req) => Some(Next::Request { req, close }),
-            None => {
-                // Not taken after all: put the head back for hyper.
-                let mut buf = BytesMut::with_capacity(head.len() + self.buf.len());
-                buf.extend_from_slice(&head);
-                buf.extend_from_slice(&self.buf);
-                self.buf = buf;
-                Some(Next::Other)
-            }
-        }
+        let target = at(path.as_bytes());
+        Some(Next::Request(RawRequest {
+            head: self.buf.split_to(len).freeze(),
+            method,
+            target,
+            fields,
+            count,
+            close,
+        }))
+    }
+
+    /// Puts a head that was taken off the buffer back in front of it.
+    fn put_back(&mut self, head: &[u8]) {
+        let mut buf = BytesMut::with_capacity(head.len() + self.buf.len());
+        buf.extend_from_slice(head);
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
     }
 
     /// Reads more into the buffer; `Ok(0)` is the client's close.
@@ -215,10 +349,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
 
     /// The engine's answer, or `None` when the client closes the connection
     /// (or it fails) first.
-    async fn answer<F>(&mut self, mut answer: Pin<&mut F>) -> Option<Response<HttpBody>>
-    where
-        F: Future<Output = Response<HttpBody>>,
-    {
+    async fn answer<F: Future>(&mut self, mut answer: Pin<&mut F>) -> Option<F::Output> {
         self.unless_gone(|cx| answer.as_mut().poll(cx)).await
     }
 
@@ -286,7 +417,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         head: bool,
         close: bool,
     ) -> io::Result<bool> {
-        let (mut parts, mut body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
         let status = parts.status;
         if status.is_informational() {
             // As hyper: an interim answer is not the answer, and a `101` to
@@ -357,11 +488,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             put_field(out, name.as_str(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
-        if matches!(framing, Framing::None) {
-            self.flush_out().await?;
-            return Ok(!close);
-        }
+        self.write_body(body, framing).await?;
+        Ok(!close)
+    }
 
+    /// Writes an answer passed on as it came (its head is the upstream's,
+    /// its body exactly the length it declares); `close`: the request
+    /// asked for the connection to close. Returns whether the connection
+    /// can carry another request.
+    async fn write_verbatim(&mut self, answer: Verbatim, close: bool) -> io::Result<bool> {
+        self.out.clear();
+        self.out.extend_from_slice(&answer.head);
+        let framing = match answer.length {
+            0 => Framing::None,
+            length => Framing::Length(length),
+        };
+        self.write_body(answer.body, framing).await?;
+        Ok(!close && !answer.close)
+    }
+
+    /// Writes what is in the pending write (a head), then `body` framed as
+    /// `framing`, and flushes.
+    async fn write_body(&mut self, mut body: HttpBody, framing: Framing) -> io::Result<()> {
+        if matches!(framing, Framing::None) {
+            return self.flush_out().await;
+        }
         let mut sent = 0u64;
         loop {
             // What is ready goes out with the head; before waiting for more
@@ -415,8 +566,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
             Framing::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
             _ => {}
         }
-        self.flush_out().await?;
-        Ok(!close)
+        self.flush_out().await
     }
 
     /// Appends a body chunk to the pending write, or writes it on its own
@@ -468,28 +618,6 @@ fn connection_allows_lean(value: &[u8], close: &mut bool) -> bool {
             token.is_empty() || token.eq_ignore_ascii_case("keep-alive")
         }
     })
-}
-
-/// The request over the shared bytes of its head; `None` when `http` will
-/// not take a part of it (hyper then answers it).
-fn build_request(
-    head: &Bytes,
-    method: Method,
-    path: Range<usize>,
-    fields: impl ExactSizeIterator<Item = (HeaderName, Range<usize>)>,
-) -> Option<Request<Empty<Bytes>>> {
-    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, value) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
-        headers.append(name, value);
-    }
-    let mut req = Request::new(Empty::new());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    Some(req)
 }
 
 /// `content-length: <length>`, written without a string of its own.

@@ -18,8 +18,12 @@
 //! Bodies and trailers (gRPC) are streamed through; upgrades (WebSocket)
 //! get a dedicated upstream connection and are spliced after the `101`.
 //! Plain HTTP/1.1 requests (no body, no upgrade) are read and answered by
-//! the stream's own task ([`crate::http::serve`]); hyper's server takes the
-//! stream from its first other request on.
+//! the stream's own task ([`crate::http::serve_verbatim`]); hyper's server
+//! takes the stream from its first other request on. Most of them are
+//! authorized from their head and passed on to the app as they came, their
+//! answers back as the app wrote them (`Server::verbatim`): what the
+//! client sees is what the app sent, as through an L4 relay, and no header
+//! map is built on either side.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +35,7 @@ use hawser_api::SpiffeId;
 use hawser_api::cni::PROXY_MARK;
 use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::client::conn::{http1, http2};
@@ -41,6 +45,8 @@ use tracing::Instrument;
 
 use super::InboundStats;
 use crate::authz::{self, Connection, Decision, HttpRequest};
+use crate::http::h1::Answer;
+use crate::http::serve::RawRequest;
 use crate::http::{BoxError, HttpBody, boxed, empty, full, h1, is_grpc, is_upgrade};
 use crate::inpod::NetnsHandle;
 use crate::tunnel::{Io, ServeStream};
@@ -97,25 +103,36 @@ impl HttpStream {
             peer_addr = %self.peer_addr,
             target = %self.target,
         );
+        // Entering the span on every poll of the stream costs a good share
+        // of what a plain request costs here; it is entered only when the
+        // debug events of the code below would show. This module's own
+        // events name it as their parent.
+        let entered = if tracing::enabled!(tracing::Level::DEBUG) {
+            span.clone()
+        } else {
+            tracing::Span::none()
+        };
         let server = Arc::new(Server {
             stream: self,
             upstream: Slot::default(),
+            span,
         });
         let shared = server.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let server = shared.clone();
             async move { Ok::<_, Infallible>(server.handle(req).await) }
         });
-        // Plain HTTP/1.1 requests are answered in this task; hyper serves
-        // the stream from its first other request on.
+        // Plain HTTP/1.1 requests are answered in this task, most passed on
+        // to the app as they came; hyper serves the stream from its first
+        // other request on.
         let lean = |req| server.handle(req);
-        async move {
-            if let Err(e) = crate::http::serve(io, lean, service).await {
-                tracing::debug!(error = %e, "inbound HTTP stream ended with an error");
-            }
+        let verbatim = |raw: &RawRequest| server.verbatim(raw);
+        let ended = crate::http::serve_verbatim(io, lean, verbatim, service)
+            .instrument(entered)
+            .await;
+        if let Err(e) = ended {
+            tracing::debug!(parent: &server.span, error = %e, "inbound HTTP stream ended with an error");
         }
-        .instrument(span)
-        .await;
     }
 }
 
@@ -228,6 +245,8 @@ struct Server {
     /// mutex: it is held while a connection is opened, so concurrent HTTP/2
     /// requests share the one they wait for.
     upstream: Slot,
+    /// The stream's span (pod, peer, target), the parent of its events.
+    span: tracing::Span,
 }
 
 impl Server {
@@ -238,27 +257,123 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         let grpc = is_grpc(req.headers());
-        let span =
-            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
+        let span = self.request_span(req.method().as_str(), req.uri().path());
         let result = async {
             let req = self.authorize(req)?;
             self.forward(req).await
         }
         .instrument(span.clone())
         .await;
-        result.unwrap_or_else(|reply| {
-            if !matches!(reply, LocalReply::Denied(_)) {
-                span.in_scope(|| tracing::info!(error = %reply, "request failed"));
+        result.unwrap_or_else(|reply| self.local_reply(&span, &reply, grpc))
+    }
+
+    /// The span of one request (debug).
+    fn request_span(&self, method: &str, path: &str) -> tracing::Span {
+        tracing::debug_span!(parent: &self.span, "request", %method, %path)
+    }
+
+    /// The answer to a request answered here, logged unless it was denied
+    /// (the denial was).
+    fn local_reply(
+        &self,
+        span: &tracing::Span,
+        reply: &LocalReply,
+        grpc: bool,
+    ) -> Response<HttpBody> {
+        if !matches!(reply, LocalReply::Denied(_)) {
+            // Under the request's span when debug events show.
+            let parent = if span.is_disabled() { &self.span } else { span };
+            tracing::info!(parent: parent, error = %reply, "request failed");
+        }
+        reply.response(grpc)
+    }
+
+    /// Takes a plain HTTP/1.1 request as it came, to pass it on to the app
+    /// unchanged: when none of its fields is connection-specific (or the
+    /// node proxies' own), it does not ask for the connection to close, its
+    /// path is already normal ([`authz::normalize_path`]), and the stream's
+    /// app connection is this task's (not hyper's). The answer is passed on
+    /// as it came too when it can be ([`h1::Connection::exchange_verbatim`]).
+    /// Every other request is built and goes through [`Self::handle`].
+    fn verbatim<'s>(&'s self, raw: &RawRequest) -> Option<impl Future<Output = Answer> + use<'s>> {
+        let own = |name: &[u8]| {
+            [
+                "keep-alive",
+                "proxy-connection",
+                crate::http::UPSTREAM_ERROR_HEADER,
+            ]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        };
+        if raw.asks_close() || raw.names().any(own) {
+            return None;
+        }
+        // As `http` reads it (hyper answers what it refuses), and normal.
+        let target = PathAndQuery::from_maybe_shared(raw.target()).ok()?;
+        if authz::normalize_path(target.path()).is_some() {
+            return None;
+        }
+        // hyper's client took the app connection over (a request with a
+        // body came before): it stays hyper's.
+        if !matches!(
+            self.upstream.try_lock().as_deref(),
+            Ok(None | Some(Sender::Lean(_)))
+        ) {
+            return None;
+        }
+        let head = raw.head().clone();
+        let method = raw.method().clone();
+        Some(async move {
+            let span = self.request_span(method.as_str(), target.path());
+            let result = async {
+                self.decide(&method, target.path())?;
+                self.forward_verbatim(&head, method == Method::HEAD).await
             }
-            reply.response(grpc)
+            .instrument(span.clone())
+            .await;
+            result.unwrap_or_else(|reply| Answer::Parsed(self.local_reply(&span, &reply, false)))
+        })
+    }
+
+    /// Passes an authorized request on to the app as it came.
+    async fn forward_verbatim(
+        &self,
+        head: &[u8],
+        head_request: bool,
+    ) -> Result<Answer, LocalReply> {
+        let conn = self.lean_connection().await?;
+        let answer = conn
+            .exchange_verbatim(head, head_request, self.give_back())
+            .await
+            .map_err(|source| LocalReply::Upstream {
+                addr: self.stream.target,
+                source: source.into(),
+            })?;
+        Ok(match answer {
+            Answer::Parsed(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut(), false);
+                Answer::Parsed(resp)
+            }
+            verbatim => verbatim,
         })
     }
 
     /// The request if the pod's policies allow it, its path normalized.
     fn authorize<B>(&self, req: Request<B>) -> Result<Request<B>, LocalReply> {
-        let s = &self.stream;
         let normalized = authz::normalize_path(req.uri().path());
         let path = normalized.as_deref().unwrap_or(req.uri().path());
+        self.decide(req.method(), path)?;
+        match normalized {
+            // Forwarded as authorized, so the app cannot read it differently.
+            Some(path) => with_path(req, &path),
+            None => Ok(req),
+        }
+    }
+
+    /// Whether the pod's policies allow `method` on `path` (normalized):
+    /// counted, and logged when denied (or an audit policy would deny).
+    fn decide(&self, method: &Method, path: &str) -> Result<(), LocalReply> {
+        let s = &self.stream;
         // The policy in force is the one the latest config carries.
         let eval = authz::evaluate(
             &s.pod.view.current().policies,
@@ -267,25 +382,21 @@ impl Server {
                 peer_ip: s.peer_addr.ip(),
                 port: s.target.port(),
                 request: Some(HttpRequest {
-                    method: req.method().as_str(),
+                    method: method.as_str(),
                     path,
                 }),
             },
         );
         for audit in &eval.audit_denials {
-            tracing::info!(method = %req.method(), %path, reason = %audit, "audit: would deny");
+            tracing::info!(parent: &self.span, %method, %path, reason = %audit, "audit: would deny");
         }
         if let Decision::Deny { reason } = eval.decision {
             s.pod.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(method = %req.method(), %path, %reason, "request denied");
+            tracing::info!(parent: &self.span, %method, %path, %reason, "request denied");
             return Err(LocalReply::Denied(reason));
         }
         s.pod.stats.requests_allowed.fetch_add(1, Ordering::Relaxed);
-        match normalized {
-            // Forwarded as authorized, so the app cannot read it differently.
-            Some(path) => with_path(req, &path),
-            None => Ok(req),
-        }
+        Ok(())
     }
 
     async fn forward<B>(&self, mut req: Request<B>) -> Result<Response<HttpBody>, LocalReply>
@@ -321,27 +432,46 @@ impl Server {
             }
             Sender::Lean(conn) => {
                 let (parts, _) = req.into_parts();
-                // Back for the next request once this response is read.
-                let slot = self.upstream.clone();
-                let give_back = Box::new(move |conn| {
-                    if let Ok(mut slot) = slot.try_lock()
-                        && slot.is_none()
-                    {
-                        *slot = Some(Sender::Lean(conn));
-                    }
-                });
-                let mut resp = conn.exchange(&parts, give_back).await.map_err(|source| {
-                    LocalReply::Upstream {
+                let mut resp = conn
+                    .exchange(&parts, self.give_back())
+                    .await
+                    .map_err(|source| LocalReply::Upstream {
                         addr,
                         source: source.into(),
-                    }
-                })?;
+                    })?;
                 strip_hop_by_hop(resp.headers_mut(), false);
                 return Ok(resp);
             }
         };
         strip_hop_by_hop(resp.headers_mut(), false);
         Ok(resp.map(boxed))
+    }
+
+    /// Where a connection of this task's own exchange goes once its answer
+    /// is read (an HTTP/1.1 client sends the next request only then).
+    fn give_back(&self) -> h1::OnReusable<TcpStream> {
+        let slot = self.upstream.clone();
+        Box::new(move |conn| {
+            if let Ok(mut slot) = slot.try_lock()
+                && slot.is_none()
+            {
+                *slot = Some(Sender::Lean(conn));
+            }
+        })
+    }
+
+    /// The stream's app connection for an exchange of this task's own: the
+    /// idle one if it is still usable, else a new one.
+    async fn lean_connection(&self) -> Result<h1::Connection<TcpStream>, LocalReply> {
+        match self.sender(false, true).await? {
+            Sender::Lean(conn) => Ok(conn),
+            // Not reached: `verbatim` takes no request while hyper's client
+            // has the connection. Were it, that connection is closed for a
+            // new one.
+            Sender::H1(_) | Sender::H2(_) => {
+                Ok(h1::Connection::new(self.connect().await?.into_inner()))
+            }
+        }
     }
 
     /// A sender for the next request: the stream's connection if it is

@@ -551,3 +551,191 @@ async fn an_http_port_no_policy_looks_into_is_relayed_until_one_does() {
     assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 1);
     assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 2);
 }
+
+/// A raw HTTP/1.1 app: reads request heads (no bodies), records each, and
+/// answers with the bytes `answer` gives for its path, closing after an
+/// answer with `Connection: close`. Counts its connections.
+async fn raw_app(
+    answer: fn(&str) -> &'static str,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let addr = l.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, log) = (accepted.clone(), heads.clone());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let log = log.clone();
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut tcp).await {
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    log.lock().expect("log").push(head);
+                    let reply = answer(&path);
+                    if tcp.write_all(reply.as_bytes()).await.is_err()
+                        || reply.contains("Connection: close")
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, heads)
+}
+
+/// Reads up to the end of a head, byte by byte (nothing after it is taken).
+async fn read_head<IO: tokio::io::AsyncRead + Unpin>(io: &mut IO) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        if io.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8(head).expect("ASCII head"))
+}
+
+/// Reads one whole response (not to a HEAD): its head, then its body by
+/// `Content-Length` or up to the last chunk.
+async fn read_response<IO: tokio::io::AsyncRead + Unpin>(io: &mut IO) -> String {
+    let mut resp = read_head(io).await.expect("a response head");
+    let lower = resp.to_ascii_lowercase();
+    if let Some(length) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+    {
+        let mut body = vec![0u8; length.trim().parse().expect("length")];
+        io.read_exact(&mut body).await.expect("body");
+        resp.push_str(std::str::from_utf8(&body).expect("text body"));
+    } else if lower.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        while !body.ends_with(b"0\r\n\r\n") {
+            let mut byte = [0u8];
+            assert_eq!(
+                io.read(&mut byte).await.expect("body"),
+                1,
+                "chunked body cut"
+            );
+            body.push(byte[0]);
+        }
+        resp.push_str(std::str::from_utf8(&body).expect("text body"));
+    }
+    resp
+}
+
+const PLAIN_ANSWER: &str = "HTTP/1.1 200 OK\r\nX-Odd-Case: yes\r\nContent-Length: 5\r\n\r\nhello";
+
+#[tokio::test]
+async fn plain_requests_and_their_answers_pass_through_unchanged() {
+    let (app, accepted, heads) = raw_app(|path| match path {
+        "/api/chunked" => {
+            "HTTP/1.1 200 OK\r\nX-Odd-Case: yes\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        }
+        "/api/spoof" => "HTTP/1.1 502 Bad Gateway\r\nhawser-upstream-error: reset\r\nContent-Length: 0\r\n\r\n",
+        "/api/cached" => "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 12\r\n\r\n",
+        "/api/bye" => "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye",
+        _ => PLAIN_ANSWER,
+    })
+    .await;
+    let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http-api", ""));
+    let (_, stream) = hbone(handler.clone(), id("web"), app).await;
+    let mut stream = stream.expect("stream");
+    // `bodiless`: the answer has no body, whatever its length says.
+    let mut exchange = async |req: &str, bodiless: bool| {
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let answer = async {
+            if bodiless {
+                read_head(&mut stream).await.expect("a response head")
+            } else {
+                read_response(&mut stream).await
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {req:?}"))
+    };
+
+    // Both ways as written: the field names' case, their order, a field
+    // no proxy knows, `Connection: keep-alive`.
+    let plain = "GET /api/plain?q=1 HTTP/1.1\r\nHost: api.shop\r\nX-Trace-ID: a1\r\nConnection: keep-alive\r\n\r\n";
+    assert_eq!(exchange(plain, false).await, PLAIN_ANSWER);
+    // Denied in between: answered here, the app sees nothing.
+    let denied = exchange("GET /admin HTTP/1.1\r\nHost: api.shop\r\n\r\n", false).await;
+    assert!(denied.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{denied}");
+    assert!(denied.contains("shop/allow-reads"), "{denied}");
+    // A chunked answer is parsed and framed again (its request went as it
+    // came).
+    let chunked = "GET /api/chunked HTTP/1.1\r\nHost: api.shop\r\n\r\n";
+    let got = exchange(chunked, false).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.contains("x-odd-case: yes\r\n"), "parsed: {got}");
+    assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{got}");
+    // The field only a node proxy's own answers carry never comes from the
+    // app: that answer is parsed, and the field removed.
+    let spoof = "GET /api/spoof HTTP/1.1\r\nHost: api.shop\r\n\r\n";
+    let got = exchange(spoof, false).await;
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+    assert!(!got.contains("hawser-upstream-error"), "{got}");
+    // A 304 has no body, whatever its length says.
+    let cached = "GET /api/cached HTTP/1.1\r\nHost: api.shop\r\nIf-None-Match: \"v1\"\r\n\r\n";
+    let got = exchange(cached, true).await;
+    assert_eq!(
+        got,
+        "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 12\r\n\r\n"
+    );
+    // The app closes its connection after this answer: passed on as it
+    // came, `Connection: close` and all, and the stream closes after it.
+    let bye = "GET /api/bye HTTP/1.1\r\nHost: api.shop\r\n\r\n";
+    let got = exchange(bye, false).await;
+    assert_eq!(
+        got,
+        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye"
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.expect("the close");
+    assert!(rest.is_empty(), "nothing after the last answer");
+
+    // Not plain here (it asks to close): built, its hop-by-hop fields
+    // removed, the answer parsed; the stream closes after it.
+    let (_, stream) = hbone(handler.clone(), id("web"), app).await;
+    let mut stream = stream.expect("stream");
+    let last = "GET /api/plain HTTP/1.1\r\nHost: api.shop\r\nConnection: close\r\n\r\n";
+    stream.write_all(last.as_bytes()).await.expect("write");
+    let got = read_response(&mut stream).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(
+        got.contains("x-odd-case: yes\r\n") && got.contains("connection: close\r\n"),
+        "{got}"
+    );
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.expect("the close");
+    assert!(rest.is_empty(), "nothing after the last answer");
+
+    let heads = heads.lock().expect("log").clone();
+    assert_eq!(heads.len(), 6, "{heads:?}");
+    assert_eq!(heads[0], plain, "passed on as it came");
+    assert_eq!(heads[1], chunked);
+    assert_eq!(heads[2], spoof);
+    assert_eq!(heads[3], cached);
+    assert_eq!(heads[4], bye);
+    assert!(
+        heads[5].starts_with("GET /api/plain HTTP/1.1\r\n") && !heads[5].contains("onnection"),
+        "built: {:?}",
+        heads[5]
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one app connection per stream"
+    );
+    let stats = handler.stats();
+    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 1);
+}
