@@ -18,7 +18,7 @@
 //! req/s on 8 connections, and 15 000 req/s on 16, where L4 and L7 are
 //! compared at the same offered load; an open-loop generator in this file
 //! that measures from each request's scheduled send time, so a stall is not
-//! hidden by coordinated omission; three rounds, the routes in another
+//! hidden by coordinated omission; four rounds of 4 s, the routes in another
 //! order each round, pooled, with the L7/L4 cost also given per round),
 //! one-stream throughput (iperf3), new connections per second, and the CPU
 //! seconds and RSS of both node proxies over each run. It prints markdown
@@ -65,13 +65,13 @@ const WRK_DURATION: Duration = Duration::from_secs(10);
 /// the same offered load (closed-loop wrk compares them at different ones).
 const FIXED_RUNS: [(u32, u32); 2] = [(1000, 8), (15_000, 16)];
 /// How long each route runs at each fixed rate, per round.
-const FIXED_RATE_DURATION: Duration = Duration::from_secs(5);
-/// Rounds of the fixed-rate runs. Each round runs every route once, each
-/// round in another order, so a drift of the machine (its other load, its
-/// clock) falls on every route alike instead of on whichever ran last; the
-/// L7/L4 cost is given pooled over the rounds and per round, so its spread
-/// shows.
-const FIXED_ROUNDS: usize = 3;
+const FIXED_RATE_DURATION: Duration = Duration::from_secs(4);
+/// Rounds of the fixed-rate runs: one per route. Each round runs every
+/// route once, the order rotated by one each round, so each route runs once
+/// in each place: a steady drift of the machine (its other load, its clock)
+/// falls on every route alike instead of on whichever ran last. The L7/L4 cost is given pooled over the rounds and
+/// per round, so its spread shows.
+const FIXED_ROUNDS: usize = Route::ALL.len();
 /// How long one iperf3 stream runs.
 const IPERF_SECONDS: u32 = 10;
 /// The new-connections run: duration and concurrent connectors.
@@ -336,7 +336,7 @@ impl Setup {
             cpu_ns(self.proxies[1])?,
             cpu_ns(echo)?,
         ];
-        let secs = |i: usize| after[i].saturating_sub(before[i]) as f64 / 1e9;
+        let secs = |i: usize| ran_between(&before[i], &after[i]) as f64 / 1e9;
         let mem = [memory(self.proxies[0])?, memory(self.proxies[1])?];
         Ok((
             out,
@@ -396,35 +396,55 @@ impl Usage {
     }
 }
 
-/// The time `pid`'s threads have run on a CPU, in ns: the sum of each
-/// thread's `/proc/<pid>/task/<tid>/schedstat` (the scheduler's own clock;
-/// `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for a 5 s run at
-/// 1000 req/s). A thread that exits during a run would be missed: the
-/// proxies' and the echo servers' threads live as long as they do.
-fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+/// How long each of `pid`'s threads has run on a CPU, in ns, by thread id:
+/// each thread's `/proc/<pid>/task/<tid>/schedstat` (the scheduler's own
+/// clock; `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for a few
+/// seconds at 1000 req/s).
+fn cpu_ns(pid: u32) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
     let dir = format!("/proc/{pid}/task");
     let tasks =
         std::fs::read_dir(&dir).with_context(|| format!("list {dir} (did the process die?)"))?;
-    let mut total = 0;
+    let mut threads = std::collections::HashMap::new();
     for task in tasks {
-        let path = task
-            .with_context(|| format!("list {dir}"))?
-            .path()
-            .join("schedstat");
+        let task = task.with_context(|| format!("list {dir}"))?;
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = task.path().join("schedstat");
         let stat = match std::fs::read_to_string(&path) {
             Ok(stat) => stat,
             // The thread ended between the listing and the read.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3) => {
+                continue;
+            }
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
-        let ns: u64 = stat
+        let ns = stat
             .split_whitespace()
             .next()
             .and_then(|f| f.parse().ok())
             .with_context(|| format!("malformed {}: {stat:?}", path.display()))?;
-        total += ns;
+        threads.insert(tid, ns);
     }
-    Ok(total)
+    ensure!(
+        !threads.is_empty(),
+        "no thread of {pid} has a readable schedstat in {dir} (a kernel without CONFIG_SCHED_INFO?)"
+    );
+    Ok(threads)
+}
+
+/// The CPU time `pid`'s threads used between two [`cpu_ns`] readings: each
+/// thread's own difference (a thread started meanwhile counts whole; one
+/// that ended meanwhile is missed, not subtracted: the proxies' and the
+/// echo servers' threads live as long as they do).
+fn ran_between(
+    before: &std::collections::HashMap<u32, u64>,
+    after: &std::collections::HashMap<u32, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// `(VmRSS, VmHWM)` of `pid` in KiB.
@@ -1093,7 +1113,8 @@ struct Results {
     fixed_rounds: Vec<FixedRound>,
     iperf: Vec<(Route, IperfResult, Usage)>,
     connect: Vec<(Route, Exchange, ConnectResult, Usage)>,
-    /// `(run, usage)` in run order, for the memory table.
+    /// `(run, usage)` in run order (a fixed-rate route once, after its last
+    /// round), for the memory table.
     memory: Vec<(String, Usage)>,
 }
 
@@ -1102,6 +1123,7 @@ struct Results {
 struct FixedRound {
     route: Route,
     rate: u32,
+    conns: u32,
     round: usize,
     answered: u64,
     usage: Usage,
@@ -1194,6 +1216,7 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
                 results.fixed_rounds.push(FixedRound {
                     route,
                     rate,
+                    conns,
                     round,
                     answered: r.latencies_us.len() as u64,
                     usage,
@@ -1533,7 +1556,9 @@ fn render(r: &Results) -> String {
             let round = |route, round| {
                 r.fixed_rounds
                     .iter()
-                    .find(|f| f.route == route && f.rate == rate && f.round == round)
+                    .find(|f| {
+                        f.route == route && f.rate == rate && f.conns == conns && f.round == round
+                    })
                     .map(|f| f.usage.per_thousand(f.answered)[2])
             };
             let rounds = (0..FIXED_ROUNDS)
