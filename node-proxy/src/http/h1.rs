@@ -43,7 +43,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use sync_wrapper::SyncWrapper;
 
 use super::body::{HttpBody, boxed, empty};
-use super::proxy::connection_tokens;
+use super::proxy::{HOP_BY_HOP, close_or_keep_alive, connection_tokens};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Most header fields a response head (or a trailer section) may have.
@@ -214,16 +214,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     keep_alive,
                 } => {
                     let head = self.buf.split_to(len).freeze();
-                    let mut body = ResponseBody {
-                        conn: Some(SyncWrapper::new(self)),
-                        decode: if length == 0 {
-                            Decode::Done
-                        } else {
-                            Decode::Length(length)
-                        },
-                        keep_alive,
-                        on_reusable: None,
+                    let decode = match length {
+                        0 => Decode::Done,
+                        length => Decode::Length(length),
                     };
+                    let mut body = ResponseBody::new(self, decode, keep_alive);
                     body.on_reusable(on_reusable);
                     return Ok(Answer::Verbatim(Verbatim {
                         head,
@@ -267,12 +262,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED;
         let (decode, keep_alive) = framing(&mut head.headers, head.version, no_body)?;
-        let mut resp = Response::new(ResponseBody {
-            conn: Some(SyncWrapper::new(self)),
-            decode,
-            keep_alive,
-            on_reusable: None,
-        });
+        let mut resp = Response::new(ResponseBody::new(self, decode, keep_alive));
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
@@ -405,23 +395,12 @@ enum Peek {
     Other,
 }
 
-/// Fields that keep an answer from being passed on as it came: framing
-/// other than one length, connection-specific fields, and the field only a
-/// node proxy's own answers carry.
-const NOT_VERBATIM: [&str; 6] = [
-    "transfer-encoding",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    super::UPSTREAM_ERROR_HEADER,
-];
-
 /// Whether the answer at the front of `buf` (to a `HEAD` if
 /// `head_request`) can be passed on unchanged: a final HTTP/1.1 answer
 /// with at most [`FEW_HEADERS`] fields, framed by one `Content-Length` of
 /// digits or without a body (`HEAD`, `304`, `204` without a length), with
-/// no [`NOT_VERBATIM`] field and a `Connection` of `close`/`keep-alive` at
+/// no other hop-by-hop field ([`HOP_BY_HOP`]) nor the field only a node
+/// proxy's own answers carry, and a `Connection` of `close`/`keep-alive` at
 /// most. Anything else (chunked, read to the close, interim, HTTP/1.0,
 /// repeated lengths, malformed) is parsed, with the parser's checks and
 /// errors.
@@ -446,17 +425,13 @@ fn verbatim_head(buf: &[u8], head_request: bool) -> Peek {
                 _ => return Peek::Other,
             }
         } else if name.eq_ignore_ascii_case("connection") {
-            let Ok(value) = std::str::from_utf8(field.value) else {
-                return Peek::Other;
-            };
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    keep_alive = false;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
-                    return Peek::Other;
-                }
+            match close_or_keep_alive(field.value) {
+                Some(close) => keep_alive &= !close,
+                None => return Peek::Other,
             }
-        } else if NOT_VERBATIM.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        } else if name.eq_ignore_ascii_case(super::UPSTREAM_ERROR_HEADER)
+            || HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+        {
             return Peek::Other;
         }
     }
@@ -721,6 +696,16 @@ impl<IO> Drop for ResponseBody<IO> {
 }
 
 impl<IO> ResponseBody<IO> {
+    /// The body after a head on `conn`, framed as `decode`.
+    fn new(conn: Connection<IO>, decode: Decode, keep_alive: bool) -> Self {
+        Self {
+            conn: Some(SyncWrapper::new(conn)),
+            decode,
+            keep_alive,
+            on_reusable: None,
+        }
+    }
+
     /// Hands the connection to `f` once the body was read to its end and
     /// the exchange allows another one on it (right away if it already
     /// was). Never called when the connection cannot be reused.
@@ -1595,10 +1580,31 @@ mod tests {
             verbatim_head(b"HTTP/1.1 200 OK\r\nContent-Le", false),
             Peek::Partial
         );
-        let many: String = (0..FEW_HEADERS + 1)
-            .map(|i| format!("x-{i}: v\r\n"))
-            .collect();
-        let many = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n");
+        let fields = |n: usize| -> String { (0..n).map(|i| format!("x-{i}: v\r\n")).collect() };
+        let room = format!(
+            "HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n",
+            fields(FEW_HEADERS - 1)
+        );
+        assert_eq!(
+            verbatim_head(room.as_bytes(), false),
+            verbatim(&room, 0, true),
+            "as many fields as the first parse takes"
+        );
+        let head_unknown = "HTTP/1.1 200 OK\r\nETag: x\r\n\r\n";
+        assert_eq!(
+            verbatim_head(head_unknown.as_bytes(), true),
+            verbatim(head_unknown, 0, true),
+            "a HEAD's answer needs no length"
+        );
+        let not_modified_bare = "HTTP/1.1 304 Not Modified\r\n\r\n";
+        assert_eq!(
+            verbatim_head(not_modified_bare.as_bytes(), false),
+            verbatim(not_modified_bare, 0, true)
+        );
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n",
+            fields(FEW_HEADERS)
+        );
         for (answer, why) in [
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -1627,6 +1633,18 @@ mod tests {
                 "hop-by-hop",
             ),
             (
+                "HTTP/1.1 200 OK\r\nProxy-Connection: x\r\nContent-Length: 0\r\n\r\n",
+                "hop-by-hop",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n",
+                "hop-by-hop",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
+                "hop-by-hop",
+            ),
+            (
                 "HTTP/1.1 200 OK\r\nHawser-Upstream-Error: reset\r\nContent-Length: 0\r\n\r\n",
                 "a node proxy's own",
             ),
@@ -1641,25 +1659,42 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn verbatim_exchanges_pass_both_heads_on_and_hand_the_connection_back() {
+    /// A verbatim exchange of `request` with an upstream that checks it
+    /// came as it was written, then answers `answer` (`None`: closes
+    /// instead). The result, how often the connection was handed back, and
+    /// the upstream's end (kept open).
+    async fn verbatim_exchange(
+        request: &str,
+        answer: Option<&str>,
+    ) -> (
+        Result<Answer, Error>,
+        Arc<AtomicUsize>,
+        Option<DuplexStream>,
+    ) {
         let (client, mut server) = duplex(4096);
         let handed = Arc::new(AtomicUsize::new(0));
-        let back = |handed: &Arc<AtomicUsize>| -> OnReusable<DuplexStream> {
-            let count = handed.clone();
-            Box::new(move |_| {
-                count.fetch_add(1, Ordering::SeqCst);
-            })
-        };
-        let request = "GET /a HTTP/1.1\r\nHost: x\r\nX-Odd-Case: 1\r\n\r\n";
-        let answer = "HTTP/1.1 200 OK\r\nX-Odd-Case: 2\r\nContent-Length: 5\r\n\r\nhello";
+        let count = handed.clone();
+        let back: OnReusable<DuplexStream> = Box::new(move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+        });
         let serve = async {
             assert_eq!(read_request(&mut server).await, request, "as it came");
+            let answer = answer?;
             server.write_all(answer.as_bytes()).await.expect("answer");
+            Some(server)
         };
+        let head_request = request.starts_with("HEAD ");
         let exchange =
-            Connection::new(client).exchange_verbatim(request.as_bytes(), false, back(&handed));
-        let (got, ()) = tokio::join!(exchange, serve);
+            Connection::new(client).exchange_verbatim(request.as_bytes(), head_request, back);
+        let (got, server) = tokio::join!(exchange, serve);
+        (got, handed, server)
+    }
+
+    #[tokio::test]
+    async fn verbatim_exchanges_pass_both_heads_on_and_hand_the_connection_back() {
+        let request = "GET /a HTTP/1.1\r\nHost: x\r\nX-Odd-Case: 1\r\n\r\n";
+        let answer = "HTTP/1.1 200 OK\r\nX-Odd-Case: 2\r\nContent-Length: 5\r\n\r\nhello";
+        let (got, handed, _server) = verbatim_exchange(request, Some(answer)).await;
         let Ok(Answer::Verbatim(got)) = got else {
             panic!("passed on as it came");
         };
@@ -1672,16 +1707,8 @@ mod tests {
 
         // A chunked answer is parsed; `Connection: close` keeps it from
         // being handed back.
-        let (client, mut server) = duplex(4096);
-        let handed = Arc::new(AtomicUsize::new(0));
         let chunked = "HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
-        let serve = async {
-            read_request(&mut server).await;
-            server.write_all(chunked.as_bytes()).await.expect("answer");
-        };
-        let exchange =
-            Connection::new(client).exchange_verbatim(request.as_bytes(), false, back(&handed));
-        let (got, ()) = tokio::join!(exchange, serve);
+        let (got, handed, _server) = verbatim_exchange(request, Some(chunked)).await;
         let Ok(Answer::Parsed(resp)) = got else {
             panic!("parsed");
         };
@@ -1691,22 +1718,9 @@ mod tests {
         assert_eq!(handed.load(Ordering::SeqCst), 0, "the upstream closes it");
 
         // A HEAD: no body after its head, handed back at once.
-        let (client, mut server) = duplex(4096);
-        let handed = Arc::new(AtomicUsize::new(0));
         let head_answer = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
-        let serve = async {
-            read_request(&mut server).await;
-            server
-                .write_all(head_answer.as_bytes())
-                .await
-                .expect("answer");
-        };
-        let exchange = Connection::new(client).exchange_verbatim(
-            b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",
-            true,
-            back(&handed),
-        );
-        let (got, ()) = tokio::join!(exchange, serve);
+        let head = "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (got, handed, _server) = verbatim_exchange(head, Some(head_answer)).await;
         let Ok(Answer::Verbatim(got)) = got else {
             panic!("passed on as it came");
         };
@@ -1714,17 +1728,20 @@ mod tests {
         assert!(got.body.is_end_stream());
         assert_eq!(handed.load(Ordering::SeqCst), 1, "handed back at once");
 
+        // `Connection: close`, passed on: never handed back.
+        let closing = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+        let (got, handed, _server) = verbatim_exchange(request, Some(closing)).await;
+        let Ok(Answer::Verbatim(got)) = got else {
+            panic!("passed on as it came");
+        };
+        assert_eq!((got.length, got.close), (2, true));
+        let body = got.body.collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(handed.load(Ordering::SeqCst), 0, "the upstream closes it");
+
         // The upstream closes before answering: a connection error (which
         // a route may retry).
-        let (client, mut server) = duplex(4096);
-        let serve = async {
-            read_request(&mut server).await;
-            drop(server);
-        };
-        let exchange =
-            Connection::new(client).exchange_verbatim(request.as_bytes(), false, back(&handed));
-        let (got, ()) = tokio::join!(exchange, serve);
-        match got {
+        match verbatim_exchange(request, None).await.0 {
             Err(e @ Error::ClosedBeforeHead(0)) => assert!(e.is_connection_error()),
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("no answer, yet an answer"),

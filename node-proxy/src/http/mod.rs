@@ -35,7 +35,7 @@ mod proxy;
 mod respond;
 mod retry;
 pub mod routes;
-pub(crate) mod serve;
+mod serve;
 
 #[cfg(test)]
 mod tests;
@@ -53,11 +53,11 @@ pub use metrics::{HttpMetrics, MetricsSnapshot};
 pub use pool::UpstreamError;
 pub use proxy::HttpOutbound;
 pub(crate) use proxy::is_upgrade;
-pub(crate) use proxy::strip_hop_by_hop;
+pub(crate) use proxy::{HOP_BY_HOP, strip_hop_by_hop};
 pub use respond::HttpError;
 pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};
-pub(crate) use serve::serve_verbatim;
+pub(crate) use serve::{RawRequest, serve_verbatim};
 
 /// Set by the destination node proxy on its own reply when the app refused
 /// or dropped the connection (`connect` or `reset`) while it served the

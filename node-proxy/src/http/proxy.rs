@@ -222,17 +222,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     // Most messages have none: one pass over the names instead of a lookup
     // per hop-by-hop name. (Fields listed in `Connection` need it too.)
-    let hop_by_hop = |n: &HeaderName| {
-        [
-            &CONNECTION,
-            &UPGRADE,
-            &TRANSFER_ENCODING,
-            &TE,
-            &KEEP_ALIVE,
-            &PROXY_CONNECTION,
-        ]
-        .contains(&n)
-    };
+    let hop_by_hop = |n: &HeaderName| n == CONNECTION || HOP_BY_HOP.contains(&n.as_str());
     if !headers.keys().any(hop_by_hop) {
         return;
     }
@@ -271,6 +261,34 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// The connection-specific fields besides `Connection` (RFC 9110 §7.6.1,
+/// and the obsolete `Keep-Alive` and `Proxy-Connection`), lowercase: never
+/// passed on by a proxy. `TE: trailers` is the one exception
+/// [`strip_hop_by_hop`] keeps.
+pub(crate) const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What a `Connection` field with only the options that name no field says:
+/// `Some(true)` for `close`, `Some(false)` for `keep-alive` (or nothing);
+/// `None` when it has another token (`upgrade`, or a field name).
+pub(crate) fn close_or_keep_alive(value: &[u8]) -> Option<bool> {
+    let value = std::str::from_utf8(value).ok()?;
+    let mut close = false;
+    for token in value.split(',').map(str::trim) {
+        if token.eq_ignore_ascii_case("close") {
+            close = true;
+        } else if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+            return None;
+        }
+    }
+    Some(close)
 }
 
 /// The tokens of the `Connection` fields (comma-separated, trimmed).

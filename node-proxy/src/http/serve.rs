@@ -20,7 +20,9 @@
 //! Answers keep hyper's conventions: `Content-Length` when the length is
 //! known, else chunked; no body for `HEAD`, `204` and `304`; a `Date` when
 //! the answer has none; `Connection: close` when the connection closes after
-//! it. While the engine works on a request, the connection is watched: the
+//! it. An answer passed on as it came is left as it is: it has the framing
+//! it declares, its own `Date` or none, and its own `Connection: close`,
+//! after which the connection closes. While the engine works on a request, the connection is watched: the
 //! client's close cancels the request, as it does under hyper.
 
 use std::cell::RefCell;
@@ -43,13 +45,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, HttpBody};
 use super::h1::{self, Answer, Verbatim, put_field};
-use super::proxy::connection_tokens;
+use super::proxy::{close_or_keep_alive, connection_tokens};
 
 /// Header fields a request may have and still be served here.
 const FEW_HEADERS: usize = 32;
 /// The largest head served here; a larger one goes to hyper, whose limits
 /// and errors apply.
 const MAX_LEAN_HEAD: usize = 16 * 1024;
+// Positions in a head served here are `u16`s ([`Part`]).
+const _: () = assert!(MAX_LEAN_HEAD <= u16::MAX as usize);
 /// Body chunks up to this size are copied behind the head (one write);
 /// larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
@@ -183,11 +187,25 @@ impl RawRequest {
         self.close
     }
 
-    /// The names of its header fields, as the client wrote them.
-    pub(crate) fn names(&self) -> impl Iterator<Item = &[u8]> {
+    /// Its header fields, names and values as the client wrote them.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields[..self.count]
             .iter()
-            .map(|(name, _)| &self.head[name.range()])
+            .map(|(name, value)| (&self.head[name.range()], &self.head[value.range()]))
+    }
+
+    /// Whether its head is written the one way every parser reads alike:
+    /// the request line first, every line ended by CRLF (no bare LF, no
+    /// empty line before the request line, both of which `httparse`
+    /// accepts).
+    pub(crate) fn is_canonical(&self) -> bool {
+        let head = &self.head[..];
+        !head.starts_with(b"\r")
+            && !head.starts_with(b"\n")
+            && head
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b != b'\n' || (i > 0 && head[i - 1] == b'\r'))
     }
 
     /// The request over the shared bytes of its head; its head back when
@@ -303,8 +321,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         let mut fields = [(Part::default(), Part::default()); FEW_HEADERS];
         for (field, slot) in parsed.headers.iter().zip(fields.iter_mut()) {
             let name = field.name;
+            // An upgrade, or a hop-by-hop field `Connection` names, is hyper's.
             let plain = if name.eq_ignore_ascii_case("connection") {
-                connection_allows_lean(field.value, &mut close)
+                close_or_keep_alive(field.value)
+                    .map(|c| close |= c)
+                    .is_some()
             } else {
                 // A body, an upgrade, an expectation or trailers: hyper's.
                 ![
@@ -602,22 +623,6 @@ enum Framing {
     None,
     Length(u64),
     Chunked,
-}
-
-/// Whether a `Connection` field leaves the request plain: only `close` and
-/// `keep-alive` (an upgrade, or a hop-by-hop field it names, is hyper's).
-fn connection_allows_lean(value: &[u8], close: &mut bool) -> bool {
-    let Ok(value) = std::str::from_utf8(value) else {
-        return false;
-    };
-    value.split(',').map(str::trim).all(|token| {
-        if token.eq_ignore_ascii_case("close") {
-            *close = true;
-            true
-        } else {
-            token.is_empty() || token.eq_ignore_ascii_case("keep-alive")
-        }
-    })
 }
 
 /// `content-length: <length>`, written without a string of its own.

@@ -46,8 +46,9 @@ use tracing::Instrument;
 use super::InboundStats;
 use crate::authz::{self, Connection, Decision, HttpRequest};
 use crate::http::h1::Answer;
-use crate::http::serve::RawRequest;
-use crate::http::{BoxError, HttpBody, boxed, empty, full, h1, is_grpc, is_upgrade};
+use crate::http::{
+    BoxError, HOP_BY_HOP, HttpBody, RawRequest, boxed, empty, full, h1, is_grpc, is_upgrade,
+};
 use crate::inpod::NetnsHandle;
 use crate::tunnel::{Io, ServeStream};
 
@@ -289,36 +290,37 @@ impl Server {
     }
 
     /// Takes a plain HTTP/1.1 request as it came, to pass it on to the app
-    /// unchanged: when none of its fields is connection-specific (or the
-    /// node proxies' own), it does not ask for the connection to close, its
-    /// path is already normal ([`authz::normalize_path`]), and the stream's
-    /// app connection is this task's (not hyper's). The answer is passed on
-    /// as it came too when it can be ([`h1::Connection::exchange_verbatim`]).
-    /// Every other request is built and goes through [`Self::handle`].
+    /// unchanged, when the app cannot read it otherwise than this proxy
+    /// authorizes it and nothing in it is for this hop only: its head is
+    /// canonical ([`RawRequest::is_canonical`]), its target has no fragment
+    /// (`http` drops one, the app might not) and a normal path
+    /// ([`authz::normalize_path`]), it does not ask for the connection to
+    /// close, and it has no hop-by-hop field, no field of the node proxies'
+    /// own, and no gRPC content type (a denial is then a gRPC status). The
+    /// answer is passed on as it came too when it can be
+    /// ([`h1::Connection::exchange_verbatim`]). Every other request is built
+    /// and goes through [`Self::handle`].
     fn verbatim<'s>(&'s self, raw: &RawRequest) -> Option<impl Future<Output = Answer> + use<'s>> {
-        let own = |name: &[u8]| {
-            [
-                "keep-alive",
-                "proxy-connection",
-                crate::http::UPSTREAM_ERROR_HEADER,
-            ]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        let not_passed_on = |(name, value): (&[u8], &[u8])| {
+            name.eq_ignore_ascii_case(crate::http::UPSTREAM_ERROR_HEADER.as_bytes())
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+                || (name.eq_ignore_ascii_case(b"content-type")
+                    && value
+                        .get(..16)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(b"application/grpc")))
         };
-        if raw.asks_close() || raw.names().any(own) {
+        if raw.asks_close() || !raw.is_canonical() || raw.fields().any(not_passed_on) {
+            return None;
+        }
+        let target = raw.target();
+        if target.contains(&b'#') {
             return None;
         }
         // As `http` reads it (hyper answers what it refuses), and normal.
-        let target = PathAndQuery::from_maybe_shared(raw.target()).ok()?;
+        let target = PathAndQuery::from_maybe_shared(target).ok()?;
         if authz::normalize_path(target.path()).is_some() {
-            return None;
-        }
-        // hyper's client took the app connection over (a request with a
-        // body came before): it stays hyper's.
-        if !matches!(
-            self.upstream.try_lock().as_deref(),
-            Ok(None | Some(Sender::Lean(_)))
-        ) {
             return None;
         }
         let head = raw.head().clone();
@@ -465,9 +467,9 @@ impl Server {
     async fn lean_connection(&self) -> Result<h1::Connection<TcpStream>, LocalReply> {
         match self.sender(false, true).await? {
             Sender::Lean(conn) => Ok(conn),
-            // Not reached: `verbatim` takes no request while hyper's client
-            // has the connection. Were it, that connection is closed for a
-            // new one.
+            // Not reached: hyper's client has the app connection only after
+            // hyper's server took the stream over, and then no request
+            // comes here. Were it, that connection is closed for a new one.
             Sender::H1(_) | Sender::H2(_) => {
                 Ok(h1::Connection::new(self.connect().await?.into_inner()))
             }

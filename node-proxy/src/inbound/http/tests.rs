@@ -167,7 +167,7 @@ fn config(
     )
 }
 
-/// Allows GET under /api (and /grpc, /ws) from shop/web only.
+/// Allows GET and HEAD under /api (and /grpc, /ws) from shop/web only.
 fn allow_web_reads() -> AuthorizationPolicy {
     AuthorizationPolicy {
         namespace: "shop".into(),
@@ -182,7 +182,7 @@ fn allow_web_reads() -> AuthorizationPolicy {
             }],
             to: Some(Destination {
                 ports: vec![],
-                methods: vec!["GET".into()],
+                methods: vec!["GET".into(), "HEAD".into()],
                 paths: ["/api", "/grpc", "/ws"]
                     .into_iter()
                     .map(|p| PathMatch {
@@ -629,6 +629,22 @@ async fn read_response<IO: tokio::io::AsyncRead + Unpin>(io: &mut IO) -> String 
     resp
 }
 
+/// Writes `req` on `stream` and reads the answer (only its head when
+/// `bodiless`: a HEAD's, a 304's); fails after 5 s without one.
+async fn exchange_raw<IO: Io>(stream: &mut IO, req: &str, bodiless: bool) -> String {
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let answer = async {
+        if bodiless {
+            read_head(stream).await.expect("a response head")
+        } else {
+            read_response(stream).await
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {req:?}"))
+}
+
 const PLAIN_ANSWER: &str = "HTTP/1.1 200 OK\r\nX-Odd-Case: yes\r\nContent-Length: 5\r\n\r\nhello";
 
 #[tokio::test]
@@ -638,6 +654,7 @@ async fn plain_requests_and_their_answers_pass_through_unchanged() {
             "HTTP/1.1 200 OK\r\nX-Odd-Case: yes\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         }
         "/api/spoof" => "HTTP/1.1 502 Bad Gateway\r\nhawser-upstream-error: reset\r\nContent-Length: 0\r\n\r\n",
+        "/api/head" => "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
         "/api/cached" => "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 12\r\n\r\n",
         "/api/bye" => "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye",
         _ => PLAIN_ANSWER,
@@ -646,53 +663,48 @@ async fn plain_requests_and_their_answers_pass_through_unchanged() {
     let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http-api", ""));
     let (_, stream) = hbone(handler.clone(), id("web"), app).await;
     let mut stream = stream.expect("stream");
-    // `bodiless`: the answer has no body, whatever its length says.
-    let mut exchange = async |req: &str, bodiless: bool| {
-        stream.write_all(req.as_bytes()).await.expect("write");
-        let answer = async {
-            if bodiless {
-                read_head(&mut stream).await.expect("a response head")
-            } else {
-                read_response(&mut stream).await
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(5), answer)
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {req:?}"))
-    };
 
     // Both ways as written: the field names' case, their order, a field
     // no proxy knows, `Connection: keep-alive`.
     let plain = "GET /api/plain?q=1 HTTP/1.1\r\nHost: api.shop\r\nX-Trace-ID: a1\r\nConnection: keep-alive\r\n\r\n";
-    assert_eq!(exchange(plain, false).await, PLAIN_ANSWER);
+    assert_eq!(exchange_raw(&mut stream, plain, false).await, PLAIN_ANSWER);
     // Denied in between: answered here, the app sees nothing.
-    let denied = exchange("GET /admin HTTP/1.1\r\nHost: api.shop\r\n\r\n", false).await;
+    let denied = exchange_raw(
+        &mut stream,
+        "GET /admin HTTP/1.1\r\nHost: api.shop\r\n\r\n",
+        false,
+    )
+    .await;
     assert!(denied.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{denied}");
     assert!(denied.contains("shop/allow-reads"), "{denied}");
     // A chunked answer is parsed and framed again (its request went as it
     // came).
     let chunked = "GET /api/chunked HTTP/1.1\r\nHost: api.shop\r\n\r\n";
-    let got = exchange(chunked, false).await;
+    let got = exchange_raw(&mut stream, chunked, false).await;
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(got.contains("x-odd-case: yes\r\n"), "parsed: {got}");
     assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{got}");
     // The field only a node proxy's own answers carry never comes from the
     // app: that answer is parsed, and the field removed.
     let spoof = "GET /api/spoof HTTP/1.1\r\nHost: api.shop\r\n\r\n";
-    let got = exchange(spoof, false).await;
+    let got = exchange_raw(&mut stream, spoof, false).await;
     assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
     assert!(!got.contains("hawser-upstream-error"), "{got}");
     // A 304 has no body, whatever its length says.
     let cached = "GET /api/cached HTTP/1.1\r\nHost: api.shop\r\nIf-None-Match: \"v1\"\r\n\r\n";
-    let got = exchange(cached, true).await;
+    let got = exchange_raw(&mut stream, cached, true).await;
     assert_eq!(
         got,
         "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 12\r\n\r\n"
     );
+    // A HEAD's answer: its length is the GET's, no body follows.
+    let head = "HEAD /api/head HTTP/1.1\r\nHost: api.shop\r\n\r\n";
+    let got = exchange_raw(&mut stream, head, true).await;
+    assert_eq!(got, "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n");
     // The app closes its connection after this answer: passed on as it
     // came, `Connection: close` and all, and the stream closes after it.
     let bye = "GET /api/bye HTTP/1.1\r\nHost: api.shop\r\n\r\n";
-    let got = exchange(bye, false).await;
+    let got = exchange_raw(&mut stream, bye, false).await;
     assert_eq!(
         got,
         "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye"
@@ -719,16 +731,16 @@ async fn plain_requests_and_their_answers_pass_through_unchanged() {
     assert!(rest.is_empty(), "nothing after the last answer");
 
     let heads = heads.lock().expect("log").clone();
-    assert_eq!(heads.len(), 6, "{heads:?}");
-    assert_eq!(heads[0], plain, "passed on as it came");
-    assert_eq!(heads[1], chunked);
-    assert_eq!(heads[2], spoof);
-    assert_eq!(heads[3], cached);
-    assert_eq!(heads[4], bye);
+    assert_eq!(heads.len(), 7, "{heads:?}");
+    assert_eq!(
+        heads[..6],
+        [plain, chunked, spoof, cached, head, bye],
+        "as they came"
+    );
     assert!(
-        heads[5].starts_with("GET /api/plain HTTP/1.1\r\n") && !heads[5].contains("onnection"),
+        heads[6].starts_with("GET /api/plain HTTP/1.1\r\n") && !heads[6].contains("onnection"),
         "built: {:?}",
-        heads[5]
+        heads[6]
     );
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -736,6 +748,83 @@ async fn plain_requests_and_their_answers_pass_through_unchanged() {
         "one app connection per stream"
     );
     let stats = handler.stats();
-    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.requests_allowed.load(Ordering::Relaxed), 7);
     assert_eq!(stats.requests_denied.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn only_requests_every_parser_reads_alike_pass_on_as_they_came() {
+    let (app, accepted, heads) = raw_app(|path| match path {
+        // Bytes after the body nobody asked for: that connection is not
+        // used again.
+        "/api/extra" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK",
+        _ => PLAIN_ANSWER,
+    })
+    .await;
+    let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http-api", ""));
+    let (_, stream) = hbone(handler.clone(), id("web"), app).await;
+    let mut stream = stream.expect("stream");
+    let built = |got: &str| got.contains("x-odd-case: yes\r\n") && got.ends_with("hello");
+
+    // A fragment: authorized as `http` reads the target (without it), so
+    // the app gets the target without it too, not the bytes as they came.
+    let got = exchange_raw(
+        &mut stream,
+        "GET /api/x#/../../admin HTTP/1.1\r\nHost: api.shop\r\n\r\n",
+        false,
+    )
+    .await;
+    assert!(built(&got), "{got}");
+    // Bare LF line ends (httparse takes them, not every app does): built.
+    let got = exchange_raw(
+        &mut stream,
+        "GET /api/lf HTTP/1.1\nHost: api.shop\n\n",
+        false,
+    )
+    .await;
+    assert!(built(&got), "{got}");
+    // Hop-by-hop fields are this hop's: built, and removed.
+    let hop_by_hop = "GET /api/ka HTTP/1.1\r\nHost: api.shop\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\n\r\n";
+    let got = exchange_raw(&mut stream, hop_by_hop, false).await;
+    assert!(built(&got), "{got}");
+    // Two requests in one write, the first passed on, the second denied:
+    // answered in order.
+    let two = "GET /api/one HTTP/1.1\r\nHost: api.shop\r\n\r\nGET /admin HTTP/1.1\r\nHost: api.shop\r\n\r\n";
+    let got = exchange_raw(&mut stream, two, false).await;
+    assert_eq!(got, PLAIN_ANSWER, "the first answer first");
+    let got = read_response(&mut stream).await;
+    assert!(got.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{got}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "so far one app connection"
+    );
+    // Extra bytes after an answer's body never reach the client, and that
+    // app connection is not reused.
+    let got = exchange_raw(
+        &mut stream,
+        "GET /api/extra HTTP/1.1\r\nHost: api.shop\r\n\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(got, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let got = exchange_raw(
+        &mut stream,
+        "GET /api/after HTTP/1.1\r\nHost: api.shop\r\n\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(got, PLAIN_ANSWER);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new app connection");
+
+    let heads = heads.lock().expect("log").clone();
+    let expected = [
+        "GET /api/x HTTP/1.1\r\nhost: api.shop\r\n\r\n",
+        "GET /api/lf HTTP/1.1\r\nhost: api.shop\r\n\r\n",
+        "GET /api/ka HTTP/1.1\r\nhost: api.shop\r\n\r\n",
+        "GET /api/one HTTP/1.1\r\nHost: api.shop\r\n\r\n",
+        "GET /api/extra HTTP/1.1\r\nHost: api.shop\r\n\r\n",
+        "GET /api/after HTTP/1.1\r\nHost: api.shop\r\n\r\n",
+    ];
+    assert_eq!(heads, expected);
 }
