@@ -14,7 +14,9 @@
 //!   request.
 //!
 //! For each path (where it means something) it measures HTTP req/s with 1
-//! and 16 connections (wrk, with its p50/p99), latency at fixed rates (1000
+//! and 16 connections (wrk, with its p50/p99; for the L7/L4 CPU cost at 16
+//! connections also three rounds of 4 s, the mesh routes in another order
+//! each round, pooled), latency at fixed rates (1000
 //! req/s on 8 connections, and 15 000 req/s on 16, where L4 and L7 are
 //! compared at the same offered load; an open-loop generator in this file
 //! that measures from each request's scheduled send time, so a stall is not
@@ -43,7 +45,7 @@
 //!
 //! Every load generator runs inside the client pod's network namespace and
 //! all traffic stays inside the lab's namespaces. The lab is removed when
-//! the run ends, also on failure. The whole run takes about 4
+//! the run ends, also on failure. The whole run takes about 5
 //! minutes.
 
 use std::fmt::Write as _;
@@ -57,13 +59,21 @@ use anyhow::{Context as _, bail, ensure};
 use hawser_tests::lab::{Lab, LabConfig, LabGuard, sys};
 
 /// The whole benchmark must finish within this (lab setup included).
-const BUDGET: Duration = Duration::from_secs(360);
+const BUDGET: Duration = Duration::from_secs(420);
 /// How long a closed-loop wrk run lasts.
 const WRK_DURATION: Duration = Duration::from_secs(10);
 /// The open-loop runs, (req/s, connections): a light load, and a heavy one
 /// that every mesh path still keeps up with, so L4 and L7 are compared at
 /// the same offered load (closed-loop wrk compares them at different ones).
 const FIXED_RUNS: [(u32, u32); 2] = [(1000, 8), (15_000, 16)];
+/// The closed-loop CPU comparison at 16 connections: rounds of wrk runs,
+/// each round the mesh routes once, in another order (so each runs once in
+/// each place), pooled. One 10 s run per route (the table of closed-loop
+/// runs) swings the L7/L4 cost by several percent between bench runs.
+const WRK_ROUNDS: usize = MESH_ROUTES.len();
+const WRK_ROUND_DURATION: Duration = Duration::from_secs(4);
+/// The routes through the mesh.
+const MESH_ROUTES: [Route; 3] = [Route::L4, Route::L7, Route::L7Authz];
 /// How long each route runs at each fixed rate, per round.
 const FIXED_RATE_DURATION: Duration = Duration::from_secs(4);
 /// Rounds of the fixed-rate runs: one per route. Each round runs every
@@ -1110,7 +1120,9 @@ struct Results {
     /// Each route's fixed-rate runs, pooled over the rounds.
     fixed: Vec<(Route, u32, u32, FixedRateResult, Usage)>,
     /// The fixed-rate runs one by one.
-    fixed_rounds: Vec<FixedRound>,
+    fixed_rounds: Vec<Round>,
+    /// The closed-loop CPU comparison's runs one by one.
+    wrk_rounds: Vec<Round>,
     iperf: Vec<(Route, IperfResult, Usage)>,
     connect: Vec<(Route, Exchange, ConnectResult, Usage)>,
     /// `(run, usage)` in run order (a fixed-rate route once, after its last
@@ -1118,10 +1130,11 @@ struct Results {
     memory: Vec<(String, Usage)>,
 }
 
-/// One route's run at one fixed rate in one round.
+/// One route's run in one round of a comparison.
 #[derive(Debug)]
-struct FixedRound {
+struct Round {
     route: Route,
+    /// The fixed rate (0: closed loop).
     rate: u32,
     conns: u32,
     round: usize,
@@ -1130,7 +1143,7 @@ struct FixedRound {
 }
 
 /// `routes`, starting at the `round`-th (mod their number).
-fn rotated(mut routes: [Route; 4], round: usize) -> [Route; 4] {
+fn rotated<const N: usize>(mut routes: [Route; N], round: usize) -> [Route; N] {
     let n = routes.len();
     routes.rotate_left(round % n);
     routes
@@ -1192,6 +1205,30 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
         }
     }
 
+    for round in (0..WRK_ROUNDS).filter(|_| only.wrk) {
+        for route in rotated(MESH_ROUTES, round) {
+            let what = format!(
+                "wrk {} -c16 (CPU round {} of {WRK_ROUNDS})",
+                route.label(),
+                round + 1
+            );
+            setup.check_budget(&what)?;
+            let addr = setup.addr(route, route.http_port());
+            let (r, usage) = setup.measure(route, || {
+                wrk(setup.netns(route), addr, 2, 16, WRK_ROUND_DURATION)
+            })?;
+            eprintln!("bench:   {:.0} req/s, {} errors", r.rps, r.errors);
+            results.wrk_rounds.push(Round {
+                route,
+                rate: 0,
+                conns: 16,
+                round,
+                answered: r.requests,
+                usage,
+            });
+        }
+    }
+
     for (rate, conns) in FIXED_RUNS.into_iter().filter(|_| only.fixed) {
         let mut pooled: Vec<(Route, FixedRateResult, Usage)> = Vec::new();
         for round in 0..FIXED_ROUNDS {
@@ -1213,7 +1250,7 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
                     r.percentile_ms(0.99),
                     r.errors
                 );
-                results.fixed_rounds.push(FixedRound {
+                results.fixed_rounds.push(Round {
                     route,
                     rate,
                     conns,
@@ -1534,39 +1571,55 @@ fn render(r: &Results) -> String {
     let _ = writeln!(s, "|---|---:|---:|---:|---|---|");
     // (run, L4, L7, the per-round ratios of a fixed-rate run)
     let mut pairs: Vec<(String, f64, f64, Vec<f64>)> = Vec::new();
+    // (L4, L7, the per-round ratios) from one comparison's rounds.
+    let compare = |rounds: &[Round], l7_route: Route, rate: u32, conns: u32| {
+        let of = |route: Route| {
+            rounds
+                .iter()
+                .filter(move |f| f.route == route && f.rate == rate && f.conns == conns)
+        };
+        let pooled = |route| {
+            let (cpu, answered) = of(route).fold((0.0, 0), |(cpu, n), f| {
+                (cpu + f.usage.proxy_total(), n + f.answered)
+            });
+            (answered > 0).then(|| cpu * 1000.0 / answered as f64)
+        };
+        let per_round: Vec<f64> = of(l7_route)
+            .filter_map(|l7| {
+                let l4 = of(Route::L4).find(|l4| l4.round == l7.round)?;
+                Some(l7.usage.per_thousand(l7.answered)[2] / l4.usage.per_thousand(l4.answered)[2])
+            })
+            .collect();
+        Some((pooled(Route::L4)?, pooled(l7_route)?, per_round))
+    };
     for (l7_route, suffix) in [(Route::L7, ""), (Route::L7Authz, ", L7 + L7 authz")] {
-        for conns in [1, 16] {
-            let find = |route| {
-                r.wrk
-                    .iter()
-                    .find(|(rt, c, _, _)| *rt == route && *c == conns)
-                    .map(|(_, _, w, u)| u.per_thousand(w.requests)[2])
-            };
-            if let (Some(l4), Some(l7)) = (find(Route::L4), find(l7_route)) {
-                pairs.push((format!("wrk -c{conns}{suffix}"), l4, l7, Vec::new()));
-            }
+        let one_run = |route| {
+            r.wrk
+                .iter()
+                .find(|(rt, c, _, _)| *rt == route && *c == 1)
+                .map(|(_, _, w, u)| u.per_thousand(w.requests)[2])
+        };
+        if let (Some(l4), Some(l7)) = (one_run(Route::L4), one_run(l7_route)) {
+            pairs.push((format!("wrk -c1{suffix}"), l4, l7, Vec::new()));
+        }
+        if let Some((l4, l7, rounds)) = compare(&r.wrk_rounds, l7_route, 0, 16) {
+            pairs.push((
+                format!(
+                    "wrk -c16{suffix} ({WRK_ROUNDS} rounds of {}s pooled)",
+                    WRK_ROUND_DURATION.as_secs()
+                ),
+                l4,
+                l7,
+                rounds,
+            ));
         }
         for (rate, conns) in FIXED_RUNS {
-            let fixed = |route| {
-                r.fixed
-                    .iter()
-                    .find(|(rt, ra, c, _, _)| *rt == route && *ra == rate && *c == conns)
-                    .map(|(_, _, _, f, u)| u.per_thousand(f.latencies_us.len() as u64)[2])
-            };
-            let round = |route, round| {
-                r.fixed_rounds
-                    .iter()
-                    .find(|f| {
-                        f.route == route && f.rate == rate && f.conns == conns && f.round == round
-                    })
-                    .map(|f| f.usage.per_thousand(f.answered)[2])
-            };
-            let rounds = (0..FIXED_ROUNDS)
-                .filter_map(|i| Some(round(l7_route, i)? / round(Route::L4, i)?))
-                .collect();
-            if let (Some(l4), Some(l7)) = (fixed(Route::L4), fixed(l7_route)) {
+            if let Some((l4, l7, rounds)) = compare(&r.fixed_rounds, l7_route, rate, conns) {
                 pairs.push((
-                    format!("{rate} req/s, {conns} conns{suffix} ({FIXED_ROUNDS} rounds pooled)"),
+                    format!(
+                        "{rate} req/s, {conns} conns{suffix} ({FIXED_ROUNDS} rounds of {}s pooled)",
+                        FIXED_RATE_DURATION.as_secs()
+                    ),
                     l4,
                     l7,
                     rounds,
