@@ -18,6 +18,8 @@
 //!   to HBONE or plain TCP, the HBONE server, inbound plaintext.
 //! - [`relay`]: bidirectional copying with bounded buffers, half-close and
 //!   an idle timeout.
+//! - [`idle`]: the idle timeout of a connection one task serves (the HTTP
+//!   servers' client connections).
 //! - [`inpod`]: the CNI plugin's requests and the listeners opened inside
 //!   each enrolled pod's network namespace (15001, 15006, 15008).
 //!
@@ -30,6 +32,7 @@ pub mod dataplane;
 pub mod discovery;
 pub mod http;
 pub mod identity;
+pub mod idle;
 pub mod inbound;
 pub mod inpod;
 pub mod outbound;

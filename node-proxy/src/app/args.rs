@@ -60,7 +60,8 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_grace: Duration,
 
-    /// Relayed connections idle this long are closed.
+    /// Relayed connections idle this long are closed, and HTTP client
+    /// connections that wait on their client this long.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 

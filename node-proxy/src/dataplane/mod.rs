@@ -60,7 +60,8 @@ use crate::tunnel::server::ServerConfig;
 #[derive(Debug, Clone)]
 pub struct DataPlaneSettings {
     /// A relayed connection with no bytes moving either way for this long is
-    /// closed.
+    /// closed; so is an HTTP client connection that has waited on its client
+    /// this long with nothing moving (between requests, or in one).
     pub idle_timeout: Duration,
     /// How long an upstream TCP connect (plain, or under a tunnel) may take.
     pub connect_timeout: Duration,
@@ -160,8 +161,11 @@ impl DataPlane {
         config: watch::Receiver<Arc<NodeConfig>>,
     ) -> Self {
         let balancer = Arc::new(Balancer::default());
-        let http =
-            HttpOutbound::with_balancer(config.clone(), HttpSettings::default(), balancer.clone());
+        let http_settings = HttpSettings {
+            client_idle_timeout: settings.idle_timeout,
+            ..HttpSettings::default()
+        };
+        let http = HttpOutbound::with_balancer(config.clone(), http_settings, balancer.clone());
         let destinations = spawn_destinations(config.clone(), balancer.clone());
         Self {
             shared: Arc::new(Shared {

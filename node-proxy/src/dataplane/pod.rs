@@ -112,7 +112,8 @@ impl PodRuntime {
                 pod.netns.clone(),
                 shared.config.clone(),
             )
-            .with_stats(shared.stats.inbound.clone()),
+            .with_stats(shared.stats.inbound.clone())
+            .with_idle_timeout(shared.settings.idle_timeout),
         );
         let this = Arc::new_cyclic(|weak| Self {
             shared,

@@ -123,6 +123,10 @@ pub struct HttpSettings {
     pub max_idle_per_endpoint: usize,
     /// How long an idle HTTP/1.1 connection is kept.
     pub idle_timeout: Duration,
+    /// A client connection (or one upgraded from it) that has waited on its
+    /// client this long with nothing moving is closed: between requests, in
+    /// a head or body, on an answer the client does not read.
+    pub client_idle_timeout: Duration,
     /// How long a mirrored request may take before it is abandoned.
     pub mirror_timeout: Duration,
 }
@@ -138,6 +142,7 @@ impl Default for HttpSettings {
             retry_budget: BudgetSettings::default(),
             max_idle_per_endpoint: 32,
             idle_timeout: Duration::from_secs(90),
+            client_idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
             mirror_timeout: Duration::from_secs(10),
         }
     }

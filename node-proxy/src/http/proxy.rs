@@ -432,7 +432,8 @@ impl HttpOutbound {
             async move { Ok::<_, Infallible>(this.handle(req, &client).await) }
         });
         let lean = |req| self.handle(req, &client);
-        if let Err(e) = super::serve::serve(io, lean, service).await {
+        let idle = self.inner.settings.client_idle_timeout;
+        if let Err(e) = super::serve::serve(io, idle, lean, service).await {
             tracing::debug!(%destination, error = %e, "client HTTP connection ended");
         }
     }
@@ -919,6 +920,7 @@ impl HttpOutbound {
         self.inner.metrics.upgrade();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let addr = endpoint.addr;
+        let idle = self.inner.settings.client_idle_timeout;
         tokio::spawn(
             async move {
                 let _in_flight = in_flight;
@@ -932,7 +934,6 @@ impl HttpOutbound {
                     };
                 let mut client_io = TokioIo::new(client_io);
                 let mut upstream_io = TokioIo::new(upstream_io);
-                let idle = crate::relay::DEFAULT_IDLE_TIMEOUT;
                 match crate::relay::relay(&mut client_io, &mut upstream_io, idle).await {
                     Ok(crate::relay::Moved {
                         a_to_b: up,

@@ -22,8 +22,15 @@
 //! the answer has none; `Connection: close` when the connection closes after
 //! it. An answer passed on as it came is left as it is: it has the framing
 //! it declares, its own `Date` or none, and its own `Connection: close`,
-//! after which the connection closes. While the engine works on a request, the connection is watched: the
-//! client's close cancels the request, as it does under hyper.
+//! after which the connection closes. While the engine works on a request,
+//! the connection is watched: the client's close cancels the request, as it
+//! does under hyper.
+//!
+//! The connection, served here or by hyper, closes once it has waited on the
+//! client for the idle timeout with nothing moving ([`IdleTimeout`]): a
+//! kept-alive connection with no next request, a head or a body that stops
+//! coming, an answer the client stops reading, or a request whose answer
+//! takes that long without a byte.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -31,7 +38,7 @@ use std::io::{self, Write as _};
 use std::ops::Range;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -40,12 +47,13 @@ use http::{
 };
 use http_body_util::Empty;
 use hyper::body::{Body, Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, HttpBody};
 use super::h1::{self, Answer, Verbatim, put_field};
 use super::proxy::{close_or_keep_alive, connection_tokens};
+use crate::idle::IdleTimeout;
 
 /// Header fields a request may have and still be served here.
 const FEW_HEADERS: usize = 32;
@@ -58,11 +66,16 @@ const _: () = assert!(MAX_LEAN_HEAD <= u16::MAX as usize);
 /// larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
 
-/// Serves `io` until it closes: plain HTTP/1.1 requests through `lean`, and
-/// the rest of the connection, from the first other request on, through
-/// hyper's server with `service`. The error is the one that ended the
-/// connection.
-pub(crate) async fn serve<IO, L, F, S>(io: IO, lean: L, service: S) -> Result<(), BoxError>
+/// Serves `io` until it closes or has waited `idle` on the client: plain
+/// HTTP/1.1 requests through `lean`, and the rest of the connection, from
+/// the first other request on, through hyper's server with `service`. The
+/// error is the one that ended the connection.
+pub(crate) async fn serve<IO, L, F, S>(
+    io: IO,
+    idle: Duration,
+    lean: L,
+    service: S,
+) -> Result<(), BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     L: FnMut(Request<Empty<Bytes>>) -> F,
@@ -72,7 +85,7 @@ where
     S::Error: Into<BoxError>,
 {
     let never = |_: &RawRequest| None::<std::future::Ready<Answer>>;
-    serve_verbatim(io, lean, never, service).await
+    serve_verbatim(io, idle, lean, never, service).await
 }
 
 /// [`serve`], where `verbatim` may take a plain request as it came (its
@@ -80,6 +93,7 @@ where
 /// pass on as it came; the requests it does not take go to `lean`.
 pub(crate) async fn serve_verbatim<IO, L, F, V, G, S>(
     io: IO,
+    idle: Duration,
     mut lean: L,
     mut verbatim: V,
     service: S,
@@ -94,7 +108,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    let mut conn = ClientConnection::new(io);
+    let mut conn = ClientConnection::new(IdleTimeout::new(io, idle));
     loop {
         let raw = match conn.next_request().await? {
             Next::Request(raw) => raw,
@@ -130,7 +144,16 @@ where
         prefix: conn.buf.freeze(),
         io: conn.io,
     };
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's own wait for a head, from the end of the last answer, is the
+    // same idle timeout; without it, hyper does not read again after an
+    // answer until the connection wakes it, so the idle wait would not
+    // begin there.
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle);
+    server
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
 }
@@ -241,7 +264,8 @@ enum Next {
     Request(RawRequest),
     /// Something for hyper (still in the buffer, not consumed).
     Other,
-    /// The client closed the connection between requests.
+    /// The connection ended between requests: the client closed it, or it
+    /// was idle for the timeout.
     Closed,
 }
 
@@ -272,7 +296,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
                     None => return Ok(Next::Other),
                 }
             }
-            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+            let read = match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                // Idle between requests: the connection's normal end.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && self.buf.is_empty() => {
+                    return Ok(Next::Closed);
+                }
+                read => read?,
+            };
+            if read == 0 {
                 // A close between requests ends the connection; a close
                 // inside a head is hyper's to answer.
                 return Ok(if self.buf.is_empty() {

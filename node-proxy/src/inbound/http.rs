@@ -64,6 +64,9 @@ pub struct PodAccess {
     pub(crate) view: Arc<super::PodViews>,
     /// Where decisions are counted.
     pub stats: Arc<InboundStats>,
+    /// How long the stream may wait on its client with nothing moving (also
+    /// once upgraded).
+    pub idle_timeout: std::time::Duration,
 }
 
 /// One admitted stream to an HTTP port, to be served as HTTP.
@@ -128,7 +131,8 @@ impl HttpStream {
         // other request on.
         let lean = |req| server.handle(req);
         let verbatim = |raw: &RawRequest| server.verbatim(raw);
-        let ended = crate::http::serve_verbatim(io, lean, verbatim, service)
+        let idle = server.stream.pod.idle_timeout;
+        let ended = crate::http::serve_verbatim(io, idle, lean, verbatim, service)
             .instrument(entered)
             .await;
         if let Err(e) = ended {
@@ -562,6 +566,7 @@ impl Server {
             return Ok(resp.map(boxed));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = self.stream.pod.idle_timeout;
         tokio::spawn(
             async move {
                 let (client, app) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -572,7 +577,6 @@ impl Server {
                     }
                 };
                 let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
-                let idle = crate::relay::DEFAULT_IDLE_TIMEOUT;
                 match crate::relay::relay(&mut client, &mut app, idle).await {
                     Ok(crate::relay::Moved {
                         a_to_b: up,

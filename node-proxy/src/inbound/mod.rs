@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hawser_api::SpiffeId;
@@ -66,6 +67,8 @@ pub struct PodInbound {
     /// The pod's uid, the config, and the pod's share of the version in
     /// force (also its HTTP streams').
     view: Arc<PodViews>,
+    /// How long an HTTP stream may wait on its client with nothing moving.
+    idle_timeout: Duration,
 }
 
 /// The pod's share of one config version: how its ports are served and
@@ -193,7 +196,15 @@ impl PodInbound {
             ips,
             netns,
             stats: Arc::default(),
+            idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
         }
+    }
+
+    /// Closes an HTTP stream once it has waited `idle` on its client with
+    /// nothing moving (by default [`crate::relay::DEFAULT_IDLE_TIMEOUT`]).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     /// Counts into `stats` (shared, e.g. node-wide) instead of its own.
@@ -275,6 +286,7 @@ impl PodInbound {
                 netns: self.netns.clone(),
                 view: self.view.clone(),
                 stats: self.stats.clone(),
+                idle_timeout: self.idle_timeout,
             },
             peer.cloned(),
             peer_addr,

@@ -18,6 +18,10 @@ use tokio::sync::mpsc;
 use super::serve;
 use crate::http::body::{HttpBody, boxed, full};
 
+/// The idle timeout of the connections served here (tests of it set their
+/// own).
+const IDLE: Duration = Duration::from_secs(3600);
+
 /// hyper's side: answers with the method, path and body it got.
 fn hyper_service() -> impl hyper::service::Service<
     Request<Incoming>,
@@ -101,6 +105,7 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
             answer(200, "slow", None)
         }
         "/empty" => answer(200, "", None),
+        "/large" => answer(200, LARGE, None),
         "/not-modified" => answer(304, "", Some(("content-length", "42"))),
         "/switch" => answer(101, "", None),
         "/cl-list" => answer(200, "hello", Some(("content-length", "5, 5"))),
@@ -123,6 +128,15 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
         .insert("served-by", HeaderValue::from_static("lean"));
     resp
 }
+
+/// The body of `/large`: more than the idle tests' pipe holds.
+const LARGE: &str = {
+    const BYTES: [u8; 8192] = [b'l'; 8192];
+    match std::str::from_utf8(&BYTES) {
+        Ok(text) => text,
+        Err(_) => panic!("ASCII"),
+    }
+};
 
 /// An answer of `status` with `body` and, if given, one field.
 fn answer(
@@ -151,7 +165,7 @@ fn futures_stream<T: Send + Sync + 'static, const N: usize>(
 /// the close), with `date` fields replaced by `date: <date>`.
 async fn exchange(input: &[u8]) -> String {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     let out = talk(client, input).await;
     tokio::time::timeout(Duration::from_secs(5), served)
         .await
@@ -281,7 +295,7 @@ async fn requests_that_are_not_plain_go_to_hyper() {
 #[tokio::test]
 async fn a_malformed_head_gets_hypers_400() {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     let out = talk(client, b"GET / HTTP/1.1\r\nno colon here\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
     let err = served.await.unwrap().unwrap_err();
@@ -291,7 +305,7 @@ async fn a_malformed_head_gets_hypers_400() {
 #[tokio::test]
 async fn http2_with_prior_knowledge_goes_to_hyper() {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(serve(server, lean, hyper_service()));
+    tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(client),
@@ -310,7 +324,7 @@ async fn http2_with_prior_knowledge_goes_to_hyper() {
 #[tokio::test]
 async fn a_body_shorter_than_its_content_length_closes_the_connection() {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     let out = talk(client, b"GET /short HTTP/1.1\r\n\r\n").await;
     assert!(out.ends_with("\r\n\r\n12345"), "{out}");
     let err = served.await.unwrap().unwrap_err();
@@ -339,7 +353,7 @@ async fn the_clients_close_cancels_the_request() {
             }
         }
     };
-    let served = tokio::spawn(serve(server, handler, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, handler, hyper_service()));
     client
         .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
         .await
@@ -401,7 +415,7 @@ async fn the_answers_content_length_is_one_number_or_the_answer_is_a_500() {
 #[tokio::test]
 async fn a_head_in_pieces_is_still_answered_here() {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     for piece in [
         "GET /pie",
         "ces HTTP/1.1\r\nHost: s",
@@ -422,7 +436,7 @@ async fn a_head_in_pieces_is_still_answered_here() {
 #[tokio::test]
 async fn an_upgrade_after_plain_requests_is_hypers_and_works() {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(serve(server, lean, hyper_service()));
+    tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     client
         .write_all(b"GET /first HTTP/1.1\r\nHost: svc\r\n\r\n")
         .await
@@ -493,6 +507,7 @@ async fn a_streamed_answer_goes_out_as_it_comes() {
     let (mut client, server) = tokio::io::duplex(256 * 1024);
     let served = tokio::spawn(serve(
         server,
+        IDLE,
         streaming(rx, dropped.clone()),
         hyper_service(),
     ));
@@ -523,6 +538,7 @@ async fn the_clients_close_during_a_streamed_answer_drops_it() {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let served = tokio::spawn(serve(
         server,
+        IDLE,
         streaming(rx, dropped.clone()),
         hyper_service(),
     ));
@@ -551,7 +567,7 @@ async fn the_clients_close_during_a_streamed_answer_drops_it() {
 #[tokio::test]
 async fn pipelined_requests_then_a_half_close_still_get_the_first_answer() {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     client
         .write_all(b"GET /slow HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
         .await
@@ -602,7 +618,7 @@ async fn an_endless_ready_answer_is_written_as_it_goes() {
         )))))
     };
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(serve(server, handler, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, handler, hyper_service()));
     client
         .write_all(b"GET /endless HTTP/1.1\r\n\r\n")
         .await
@@ -639,11 +655,141 @@ async fn heads_over_16_kib_are_hypers_whole_or_in_pieces() {
     // In pieces: the partial head passes the limit before it is complete
     // (handed over then; once complete, the length check alone would too).
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(serve(server, lean, hyper_service()));
+    let served = tokio::spawn(serve(server, IDLE, lean, hyper_service()));
     let (first, rest) = head.split_at(17 * 1024);
     client.write_all(first.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let out = talk(client, rest.as_bytes()).await;
     assert!(out.contains("served-by: hyper"), "{}", &out[..60]);
     served.await.unwrap().unwrap();
+}
+
+/// Serves one connection with a 10 s idle timeout on a paused clock; the
+/// client's end and the server task.
+fn idle_connection() -> (
+    DuplexStream,
+    tokio::task::JoinHandle<Result<(), crate::http::body::BoxError>>,
+) {
+    let (client, server) = tokio::io::duplex(4096);
+    let served = tokio::spawn(serve(
+        server,
+        Duration::from_secs(10),
+        lean,
+        hyper_service(),
+    ));
+    (client, served)
+}
+
+/// Waits for the server to close `client` and end; how long that took,
+/// and how the server ended.
+async fn closed_after(
+    mut client: DuplexStream,
+    served: tokio::task::JoinHandle<Result<(), crate::http::body::BoxError>>,
+) -> (Duration, Result<(), crate::http::body::BoxError>) {
+    let start = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    // A pipe closed under a reader is EOF or a reset; both are the close.
+    let _ = client.read_to_end(&mut rest).await;
+    let waited = start.elapsed();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    (waited, served.await.unwrap())
+}
+
+/// `ended` is the idle timeout's error (under hyper's, if hyper served).
+fn assert_timed_out(ended: Result<(), crate::http::body::BoxError>) {
+    let error = ended.expect_err("the timeout ended the connection");
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{error}");
+            assert_eq!(io.to_string(), "idle for 10s");
+            return;
+        }
+        cause = e.source();
+    }
+    panic!("not the idle timeout: {error:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_alive_connection_closes_after_the_idle_timeout_here_and_under_hyper() {
+    // Served here: the timeout counts from the end of the last answer.
+    let (mut client, served) = idle_connection();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        let answer = read_until(&mut client, b"GET /a -").await;
+        assert!(answer.contains("served-by: lean"), "{answer}");
+    }
+    let (waited, ended) = closed_after(client, served).await;
+    assert_eq!(waited, Duration::from_secs(10));
+    // Between requests, that is the connection's normal end (as under hyper).
+    ended.unwrap();
+
+    // Served by hyper after a request with a body: the same rule.
+    let (mut client, served) = idle_connection();
+    client
+        .write_all(b"POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let answer = read_until(&mut client, b"POST /b hi").await;
+    assert!(answer.contains("served-by: hyper"), "{answer}");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    client.write_all(b"GET /c HTTP/1.1\r\n\r\n").await.unwrap();
+    read_until(&mut client, b"GET /c ").await;
+    let (waited, ended) = closed_after(client, served).await;
+    assert_eq!(waited, Duration::from_secs(10));
+    ended.unwrap();
+
+    // HTTP/2 (hyper's): no frame either way for the timeout.
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(serve(
+        server,
+        Duration::from_secs(10),
+        lean,
+        hyper_service(),
+    ));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(client),
+    )
+    .await
+    .unwrap();
+    let client_conn = tokio::spawn(conn);
+    let req = Request::get("http://svc/h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    let answered = tokio::time::Instant::now();
+    assert_timed_out(served.await.unwrap());
+    assert_eq!(answered.elapsed(), Duration::from_secs(10));
+    // The client's connection ends with it.
+    tokio::time::timeout(Duration::from_secs(1), client_conn)
+        .await
+        .expect("the client sees the close")
+        .unwrap()
+        .ok();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_stops_coming_or_an_answer_left_unread_times_out() {
+    // Half a head, then nothing.
+    let (mut client, served) = idle_connection();
+    client.write_all(b"GET /a HTTP/1.1\r\nHo").await.unwrap();
+    let (waited, ended) = closed_after(client, served).await;
+    assert_eq!(waited, Duration::from_secs(10));
+    assert_timed_out(ended);
+
+    // An answer larger than the pipe, never read: the write waits, then
+    // the connection is given up.
+    let (mut client, served) = idle_connection();
+    client
+        .write_all(b"GET /large HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let ended = served.await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_timed_out(ended);
+    drop(client);
 }

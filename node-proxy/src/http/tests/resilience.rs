@@ -326,6 +326,39 @@ async fn a_connection_the_server_closes_after_its_response_is_not_pooled() {
 }
 
 #[tokio::test]
+async fn client_connections_idle_for_the_client_idle_timeout_are_closed() {
+    let backend = Backend::ok("echo").await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
+    let idle = Duration::from_millis(300);
+    let settings = HttpSettings {
+        client_idle_timeout: idle,
+        ..HttpSettings::default()
+    };
+    let h = Harness::with_settings(&mesh, settings);
+    for h2 in [false, true] {
+        let mut client = if h2 {
+            h.h2(NS, VIP).await
+        } else {
+            h.h1(NS, VIP).await
+        };
+        // Requests less than the timeout apart keep the connection.
+        for _ in 0..3 {
+            assert_eq!(client.get("/").await.status, 200);
+            tokio::time::sleep(idle / 2).await;
+        }
+        let deadline = Instant::now() + idle * 10;
+        while !client.is_closed() {
+            assert!(
+                Instant::now() < deadline,
+                "the idle client connection was kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let backend = Backend::ok("echo").await;
     let mut mesh = Mesh::default();

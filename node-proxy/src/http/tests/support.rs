@@ -532,6 +532,14 @@ pub fn request(method: &str, path: &str) -> http::request::Builder {
 }
 
 impl Client {
+    /// Whether the proxy closed the connection.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_closed(),
+            Self::H2(s) => s.is_closed(),
+        }
+    }
+
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Answer {
         let resp = match self {
             Self::H1(s) => {

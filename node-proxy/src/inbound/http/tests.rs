@@ -828,3 +828,46 @@ async fn only_requests_every_parser_reads_alike_pass_on_as_they_came() {
     ];
     assert_eq!(heads, expected);
 }
+
+#[tokio::test]
+async fn a_stream_idle_for_the_pods_idle_timeout_is_closed() {
+    let (app, _) = app().await;
+    let (tx, rx) = watch::channel(config(vec![allow_web_reads()], app.port(), "", "http"));
+    let idle = std::time::Duration::from_millis(400);
+    let handler = Arc::new(
+        PodInbound::new(
+            "uid-api",
+            vec!["127.0.0.1".parse().expect("ip")],
+            NetnsHandle::current().expect("netns"),
+            rx,
+        )
+        .with_idle_timeout(idle),
+    );
+    let (status, stream) = hbone(handler, id("web"), app).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut stream = stream.expect("stream");
+    let req = "GET /api/x HTTP/1.1\r\nHost: api.shop\r\n\r\n";
+    // Requests less than the timeout apart keep it open.
+    for _ in 0..3 {
+        let answer = exchange_raw(&mut stream, req, false).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        tokio::time::sleep(idle / 2).await;
+    }
+    let last = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(idle * 10, stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "still open {:?} after the last answer",
+        idle * 10
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // Closed once the timeout had run from the last answer (less the half
+    // waited after it above), not at the first chance.
+    assert!(
+        last.elapsed() >= idle / 2 - std::time::Duration::from_millis(50),
+        "closed {:?} after the wait",
+        last.elapsed()
+    );
+    drop(tx);
+}
