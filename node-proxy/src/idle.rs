@@ -2,10 +2,11 @@
 //! the connection's reads and writes once nothing has moved either way for
 //! the timeout.
 //!
-//! As in [`crate::relay`], each read or write that moves bytes notes the
-//! time (a clock read); the timer is armed when an operation first has to
-//! wait, and is only moved on when it fires early. A connection that keeps
-//! moving costs a clock read per operation and one timer for its life.
+//! Each read or write that is done (bytes moved, or the end or an error
+//! seen) notes the time, a clock read; the timer is armed when an operation
+//! first has to wait, and is only moved on when it fires early. A
+//! connection that keeps moving costs a clock read per operation and one
+//! timer for its life.
 
 use std::io;
 use std::pin::Pin;
@@ -37,8 +38,23 @@ impl<IO> IdleTimeout<IO> {
         }
     }
 
-    fn moved(&mut self) {
-        self.last = Instant::now();
+    /// `poll` of the connection, noted: a read or write that is done
+    /// (`moves`) restarts the idle time, one that waits arms the timer.
+    fn completed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+        moves: bool,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => self.poll_waited(cx),
+            done => {
+                if moves {
+                    self.last = Instant::now();
+                }
+                done
+            }
+        }
     }
 
     /// Called when an operation has to wait: `Ready` with the error once
@@ -71,13 +87,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for IdleTimeout<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Pending => this.poll_waited(cx),
-            ready => {
-                this.moved();
-                ready
-            }
-        }
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.completed(cx, poll, true)
     }
 }
 
@@ -88,13 +99,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Pending => this.poll_waited(cx),
-            ready => {
-                this.moved();
-                ready
-            }
-        }
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.completed(cx, poll, true)
     }
 
     fn poll_write_vectored(
@@ -103,13 +109,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.poll_waited(cx),
-            ready => {
-                this.moved();
-                ready
-            }
-        }
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.completed(cx, poll, true)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -118,18 +119,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Pending => this.poll_waited(cx),
-            ready => ready,
-        }
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.completed(cx, poll, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_shutdown(cx) {
-            Poll::Pending => this.poll_waited(cx),
-            ready => ready,
-        }
+        let poll = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.completed(cx, poll, false)
     }
 }
 
@@ -163,32 +160,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn bytes_moving_either_way_keep_it_open() {
-        let (mut peer, io) = duplex(64);
-        let mut io = IdleTimeout::new(io, IDLE);
-        // The connection waits to read throughout; every 6 s a byte goes one
-        // way or the other.
-        for i in 0..6 {
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            if i % 2 == 0 {
+    async fn a_wait_one_way_lasts_while_bytes_move_the_other_way() {
+        // A read waits throughout while a byte is written every 6 s.
+        let (_peer, io) = duplex(64);
+        let (mut rd, mut wr) = tokio::io::split(IdleTimeout::new(io, IDLE));
+        let start = Instant::now();
+        let reader = async {
+            let mut buf = [0u8; 1];
+            (rd.read(&mut buf).await, start.elapsed())
+        };
+        let writer = async {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                wr.write_all(b"y").await.unwrap();
+            }
+        };
+        let ((read, at), ()) = tokio::join!(reader, writer);
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(at, Duration::from_secs(40), "10 s after the last write");
+
+        // A write waits throughout (the peer takes nothing) while a byte is
+        // read every 6 s.
+        let (mut peer, io) = duplex(4);
+        let (mut rd, mut wr) = tokio::io::split(IdleTimeout::new(io, IDLE));
+        let start = Instant::now();
+        let writer = async { (wr.write_all(&[0u8; 64]).await, start.elapsed()) };
+        let reader = async {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
                 peer.write_all(b"x").await.unwrap();
                 let mut buf = [0u8; 1];
-                io.read_exact(&mut buf).await.unwrap();
-            } else {
-                io.write_all(b"y").await.unwrap();
+                rd.read_exact(&mut buf).await.unwrap();
             }
-            // A read that waits in between, as a served connection's would.
-            let mut buf = [0u8; 1];
-            let waited = tokio::time::timeout(Duration::from_millis(1), io.read(&mut buf)).await;
-            assert!(waited.is_err(), "nothing to read yet");
-        }
-        // 36 s of activity, then silence: closed 10 s after the last byte.
-        let last = Instant::now();
-        let mut buf = [0u8; 1];
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(last.elapsed(), IDLE - Duration::from_millis(1));
-        drop(peer);
+        };
+        let ((written, at), ()) = tokio::join!(writer, reader);
+        assert_eq!(written.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(at, Duration::from_secs(40), "10 s after the last read");
     }
 
     #[tokio::test(start_paused = true)]

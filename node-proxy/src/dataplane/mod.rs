@@ -60,8 +60,8 @@ use crate::tunnel::server::ServerConfig;
 #[derive(Debug, Clone)]
 pub struct DataPlaneSettings {
     /// A relayed connection with no bytes moving either way for this long is
-    /// closed; so is an HTTP client connection that has waited on its client
-    /// this long with nothing moving (between requests, or in one).
+    /// closed; it is also the idle timeout of HTTP client connections (see
+    /// [`crate::http::HttpSettings::client_idle_timeout`]).
     pub idle_timeout: Duration,
     /// How long an upstream TCP connect (plain, or under a tunnel) may take.
     pub connect_timeout: Duration,

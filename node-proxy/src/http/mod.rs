@@ -123,9 +123,8 @@ pub struct HttpSettings {
     pub max_idle_per_endpoint: usize,
     /// How long an idle HTTP/1.1 connection is kept.
     pub idle_timeout: Duration,
-    /// A client connection (or one upgraded from it) that has waited on its
-    /// client this long with nothing moving is closed: between requests, in
-    /// a head or body, on an answer the client does not read.
+    /// The idle timeout of client connections, and of connections upgraded
+    /// from them (`http/serve.rs` says what it cuts).
     pub client_idle_timeout: Duration,
     /// How long a mirrored request may take before it is abandoned.
     pub mirror_timeout: Duration,

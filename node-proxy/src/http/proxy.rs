@@ -934,6 +934,8 @@ impl HttpOutbound {
                     };
                 let mut client_io = TokioIo::new(client_io);
                 let mut upstream_io = TokioIo::new(upstream_io);
+                // The client's side still has its connection's idle timeout
+                // inside; the relay's own also covers a half-closed client.
                 match crate::relay::relay(&mut client_io, &mut upstream_io, idle).await {
                     Ok(crate::relay::Moved {
                         a_to_b: up,

@@ -26,11 +26,17 @@
 //! the connection is watched: the client's close cancels the request, as it
 //! does under hyper.
 //!
-//! The connection, served here or by hyper, closes once it has waited on the
-//! client for the idle timeout with nothing moving ([`IdleTimeout`]): a
-//! kept-alive connection with no next request, a head or a body that stops
-//! coming, an answer the client stops reading, or a request whose answer
-//! takes that long without a byte.
+//! The idle timeout: the connection, served here or by hyper, is closed once
+//! it has waited on the client for that long with nothing moving either way
+//! ([`IdleTimeout`]):
+//! - kept-alive with no next request: for HTTP/1.1 a normal close; hyper's
+//!   HTTP/2 ends with the error, without a `GOAWAY`;
+//! - a head or a body that stops coming, or an answer the client stops
+//!   reading: the connection ends with the error;
+//! - an answer that takes that long without a byte: served here, the client
+//!   gets a `504` (as from Envoy's stream idle timeout), unless it has
+//!   already sent its next request, which is then waited for without limit
+//!   (as hyper does; the route's timeouts still apply).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -47,7 +53,7 @@ use http::{
 };
 use http_body_util::Empty;
 use hyper::body::{Body, Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, HttpBody};
@@ -127,9 +133,18 @@ where
                 }
             },
         };
-        // None: the client left; the request was cancelled with its future.
-        let Some(answer) = answer else {
-            return Ok(());
+        let answer = match answer {
+            Ok(answer) => answer,
+            // The client left; the request was cancelled with its future.
+            Err(Gone::Left) => return Ok(()),
+            // Nothing moved for the idle timeout: the request is given up,
+            // with a `504` (as Envoy's stream idle timeout answers).
+            Err(Gone::Idle(e)) => {
+                if conn.write_error(StatusCode::GATEWAY_TIMEOUT).await.is_ok() {
+                    let _ = conn.io.shutdown().await;
+                }
+                return Err(e.into());
+            }
         };
         let more = match answer {
             Answer::Parsed(resp) => conn.write_response(resp, head, close).await?,
@@ -144,16 +159,9 @@ where
         prefix: conn.buf.freeze(),
         io: conn.io,
     };
-    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // hyper's own wait for a head, from the end of the last answer, is the
-    // same idle timeout; without it, hyper does not read again after an
-    // answer until the connection wakes it, so the idle wait would not
-    // begin there.
-    server
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle);
-    server
+    // No timer for hyper: the connection's own idle timeout applies, and
+    // hyper's head timer would cut a head still coming in.
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
 }
@@ -267,6 +275,14 @@ enum Next {
     /// The connection ended between requests: the client closed it, or it
     /// was idle for the timeout.
     Closed,
+}
+
+/// Why an answer under way was given up.
+enum Gone {
+    /// The client closed the connection, or it failed.
+    Left,
+    /// Nothing moved either way for the idle timeout (the error says so).
+    Idle(io::Error),
 }
 
 /// The client connection while it is served here.
@@ -399,23 +415,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         h1::poll_read_more(&mut self.io, &mut self.buf, cx)
     }
 
-    /// The engine's answer, or `None` when the client closes the connection
-    /// (or it fails) first.
-    async fn answer<F: Future>(&mut self, mut answer: Pin<&mut F>) -> Option<F::Output> {
+    /// The engine's answer, unless the client closes the connection (or it
+    /// fails, or idles out) first.
+    async fn answer<F: Future>(&mut self, mut answer: Pin<&mut F>) -> Result<F::Output, Gone> {
         self.unless_gone(|cx| answer.as_mut().poll(cx)).await
     }
 
-    /// What `poll` gives, or `None` when the client leaves first.
+    /// What `poll` gives, unless the client is gone first.
     async fn unless_gone<T>(
         &mut self,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
-    ) -> Option<T> {
+    ) -> Result<T, Gone> {
         std::future::poll_fn(|cx| {
             if let Poll::Ready(value) = poll(cx) {
-                return Poll::Ready(Some(value));
+                return Poll::Ready(Ok(value));
             }
-            if self.poll_gone(cx) {
-                return Poll::Ready(None);
+            if let Some(gone) = self.poll_gone(cx) {
+                return Poll::Ready(Err(gone));
             }
             Poll::Pending
         })
@@ -423,11 +439,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
     }
 
     /// Watches the client while an answer is under way: whether it has
-    /// closed the connection (or it failed). As hyper does, only while
-    /// nothing is buffered: once the client sent more (the next request),
-    /// its close is no longer taken for leaving.
-    fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
-        self.buf.is_empty() && matches!(self.poll_fill(cx), Poll::Ready(Ok(0) | Err(_)))
+    /// closed the connection (or it failed), or nothing has moved for the
+    /// idle timeout. As hyper does, only while nothing is buffered: once the
+    /// client sent more (the next request), its close is no longer taken for
+    /// leaving, and the idle timeout does not cut the answer.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Option<Gone> {
+        if !self.buf.is_empty() {
+            return None;
+        }
+        match self.poll_fill(cx) {
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Some(Gone::Idle(e)),
+            Poll::Ready(Ok(0) | Err(_)) => Some(Gone::Left),
+            Poll::Ready(Ok(_)) | Poll::Pending => None,
+        }
     }
 
     /// The next frame of the answer's body; an error when the client
@@ -438,11 +462,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
     ) -> io::Result<Option<Result<Frame<Bytes>, BoxError>>> {
         self.unless_gone(|cx| Pin::new(&mut *body).poll_frame(cx))
             .await
-            .ok_or_else(|| {
-                io::Error::new(
+            .map_err(|gone| match gone {
+                Gone::Left => io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "the client closed the connection during the answer",
-                )
+                ),
+                Gone::Idle(e) => e,
             })
     }
 

@@ -64,8 +64,8 @@ pub struct PodAccess {
     pub(crate) view: Arc<super::PodViews>,
     /// Where decisions are counted.
     pub stats: Arc<InboundStats>,
-    /// How long the stream may wait on its client with nothing moving (also
-    /// once upgraded).
+    /// The stream's idle timeout, also once upgraded (`http/serve.rs` says
+    /// what it cuts).
     pub idle_timeout: std::time::Duration,
 }
 
@@ -577,6 +577,8 @@ impl Server {
                     }
                 };
                 let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+                // The client's side still has the stream's idle timeout
+                // inside; the relay's own also covers a half-closed client.
                 match crate::relay::relay(&mut client, &mut app, idle).await {
                     Ok(crate::relay::Moved {
                         a_to_b: up,

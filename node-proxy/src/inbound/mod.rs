@@ -67,7 +67,7 @@ pub struct PodInbound {
     /// The pod's uid, the config, and the pod's share of the version in
     /// force (also its HTTP streams').
     view: Arc<PodViews>,
-    /// How long an HTTP stream may wait on its client with nothing moving.
+    /// The idle timeout of its HTTP streams.
     idle_timeout: Duration,
 }
 
@@ -200,8 +200,9 @@ impl PodInbound {
         }
     }
 
-    /// Closes an HTTP stream once it has waited `idle` on its client with
-    /// nothing moving (by default [`crate::relay::DEFAULT_IDLE_TIMEOUT`]).
+    /// Sets the idle timeout of its HTTP streams (by default
+    /// [`crate::relay::DEFAULT_IDLE_TIMEOUT`]; `http/serve.rs` says what it
+    /// cuts).
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = idle;
         self

@@ -105,6 +105,7 @@ async fn lean(req: Request<Empty<Bytes>>) -> Response<HttpBody> {
             answer(200, "slow", None)
         }
         "/empty" => answer(200, "", None),
+        "/never" => std::future::pending().await,
         "/large" => answer(200, LARGE, None),
         "/not-modified" => answer(304, "", Some(("content-length", "42"))),
         "/switch" => answer(101, "", None),
@@ -772,7 +773,7 @@ async fn a_kept_alive_connection_closes_after_the_idle_timeout_here_and_under_hy
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_head_that_stops_coming_or_an_answer_left_unread_times_out() {
+async fn a_stalled_head_an_unread_answer_and_an_answer_that_never_comes_time_out() {
     // Half a head, then nothing.
     let (mut client, served) = idle_connection();
     client.write_all(b"GET /a HTTP/1.1\r\nHo").await.unwrap();
@@ -792,4 +793,21 @@ async fn a_head_that_stops_coming_or_an_answer_left_unread_times_out() {
     assert_eq!(start.elapsed(), Duration::from_secs(10));
     assert_timed_out(ended);
     drop(client);
+
+    // An answer that does not come: after the timeout, a `504` and the close.
+    let (mut client, served) = idle_connection();
+    client
+        .write_all(b"GET /never HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    let out = without_dates(&String::from_utf8(out).unwrap());
+    assert_eq!(
+        out,
+        "HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\ndate: <date>\r\nconnection: close\r\n\r\n"
+    );
+    assert_timed_out(served.await.unwrap());
 }

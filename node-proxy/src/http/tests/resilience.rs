@@ -330,7 +330,8 @@ async fn client_connections_idle_for_the_client_idle_timeout_are_closed() {
     let backend = Backend::ok("echo").await;
     let mut mesh = Mesh::default();
     mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
-    let idle = Duration::from_millis(300);
+    // Long enough against a loaded machine's late wake-ups.
+    let idle = Duration::from_secs(1);
     let settings = HttpSettings {
         client_idle_timeout: idle,
         ..HttpSettings::default()
@@ -345,7 +346,7 @@ async fn client_connections_idle_for_the_client_idle_timeout_are_closed() {
         // Requests less than the timeout apart keep the connection.
         for _ in 0..3 {
             assert_eq!(client.get("/").await.status, 200);
-            tokio::time::sleep(idle / 2).await;
+            tokio::time::sleep(idle / 4).await;
         }
         let deadline = Instant::now() + idle * 10;
         while !client.is_closed() {
