@@ -1023,6 +1023,33 @@ struct ConnectResult {
     elapsed: Duration,
     /// Time of each successful connect → exchange → close, µs, sorted.
     times_us: Vec<f64>,
+    /// SYNs the client's netns sent again (each waits the 1 s initial RTO).
+    syn_retransmits: u64,
+    /// SYNs that met a TIME_WAIT socket of the same addresses and ports and
+    /// were refused on their timestamp (PAWS), in the client's netns.
+    paws_time_wait: u64,
+}
+
+/// The client netns's `TcpExt` counters a connection-rate run reads.
+fn syn_counters(netns: &str) -> anyhow::Result<(u64, u64)> {
+    sys::in_netns(netns, || {
+        // This thread's netns (`/proc/net` would be the process's).
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            bail!("no TcpExt lines in /proc/thread-self/net/netstat");
+        };
+        let find = |field: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(name, _)| *name == field)
+                .map(|(_, value)| value.parse::<u64>())
+                .ok_or_else(|| anyhow::anyhow!("no TcpExt {field}"))?
+                .map_err(anyhow::Error::from)
+        };
+        Ok((find("TCPSynRetrans")?, find("PAWSTimewait")?))
+    })?
 }
 
 impl ConnectResult {
@@ -1070,6 +1097,7 @@ fn new_connections(
     threads: u32,
     duration: Duration,
 ) -> anyhow::Result<ConnectResult> {
+    let (retransmits_before, paws_before) = syn_counters(netns)?;
     let start = Instant::now();
     let end = start + duration;
     let workers: Vec<_> = (0..threads)
@@ -1107,6 +1135,9 @@ fn new_connections(
         total.times_us.extend(part.times_us);
     }
     total.elapsed = start.elapsed();
+    let (retransmits, paws) = syn_counters(netns)?;
+    total.syn_retransmits = retransmits - retransmits_before;
+    total.paws_time_wait = paws - paws_before;
     total
         .times_us
         .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -1310,11 +1341,13 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
             )
         })?;
         eprintln!(
-            "bench:   {:.0} conn/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+            "bench:   {:.0} conn/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, {} SYNs again ({} PAWS)",
             r.per_second(),
             r.percentile_ms(0.5),
             r.percentile_ms(0.99),
-            r.errors
+            r.errors,
+            r.syn_retransmits,
+            r.paws_time_wait
         );
         results.connect.push((route, exchange, r, usage));
         results.memory.push((what, usage));
@@ -1531,9 +1564,16 @@ fn render(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| path | exchange | conn/s | vs direct | per-conn p50 ms | p99 ms | max ms | errors | proxy CPU s (n1 / n2) | proxy CPU s per 1k conns (n1 / n2 / sum) | server CPU s |"
+        "SYNs again: SYNs the client's netns retransmitted (each after the 1 s initial RTO); of them PAWS: refused by a TIME_WAIT socket with the same addresses and ports, because the client reused a source port for another destination while the proxy's socket of the earlier connection (both redirected to 127.0.0.1:15001) was in TIME_WAIT, with an older timestamp. The runs go one after another, so a run meets the TIME_WAIT sockets of the runs before it.\n"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| path | exchange | conn/s | vs direct | per-conn p50 ms | p99 ms | max ms | errors | SYNs again (of them PAWS) | proxy CPU s (n1 / n2) | proxy CPU s per 1k conns (n1 / n2 / sum) | server CPU s |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (route, exchange, c, u) in &r.connect {
         let direct = r
             .connect
@@ -1546,7 +1586,7 @@ fn render(r: &Results) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {exchange} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {:.2} |",
+            "| {} | {exchange} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {} | {} ({}) | {} | {} | {:.2} |",
             route.label(),
             c.per_second(),
             ratio(c.per_second(), direct),
@@ -1554,6 +1594,8 @@ fn render(r: &Results) -> String {
             c.percentile_ms(0.99),
             c.percentile_ms(1.0),
             c.errors,
+            c.syn_retransmits,
+            c.paws_time_wait,
             cpu_pair(u),
             per_k(u, c.ok),
             u.server_cpu,

@@ -301,19 +301,7 @@ impl Routes {
                 let Ok(port) = u16::try_from(p.port) else {
                     continue;
                 };
-                let endpoints = s
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.ready)
-                    .filter_map(|e| {
-                        let target = u16::try_from(*e.ports.get(&p.port)?).ok()?;
-                        let ip = e.addresses.iter().find_map(|a| a.parse::<IpAddr>().ok())?;
-                        Some(Endpoint {
-                            addr: SocketAddr::new(ip, target),
-                            workload_uid: e.workload_uid.clone(),
-                        })
-                    })
-                    .collect();
+                let endpoints = Endpoint::ready_of(s, p.port);
                 let protocol = pb::Protocol::try_from(p.protocol).unwrap_or(pb::Protocol::Tcp);
                 let target = Arc::new(PortTarget {
                     service: key.clone(),

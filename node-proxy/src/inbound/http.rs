@@ -181,6 +181,22 @@ enum LocalReply {
 }
 
 impl LocalReply {
+    /// Maps a failure to connect to the app at `addr`.
+    fn connect<E: Into<BoxError>>(addr: SocketAddr) -> impl FnOnce(E) -> Self {
+        move |e| Self::Connect {
+            addr,
+            source: e.into(),
+        }
+    }
+
+    /// Maps a failure of an exchange with the app at `addr`.
+    fn upstream<E: Into<BoxError>>(addr: SocketAddr) -> impl FnOnce(E) -> Self {
+        move |e| Self::Upstream {
+            addr,
+            source: e.into(),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::Denied(_) => StatusCode::FORBIDDEN,
@@ -351,10 +367,7 @@ impl Server {
         let answer = conn
             .exchange_verbatim(head, head_request, self.give_back())
             .await
-            .map_err(|source| LocalReply::Upstream {
-                addr: self.stream.target,
-                source: source.into(),
-            })?;
+            .map_err(LocalReply::upstream(self.stream.target))?;
         Ok(match answer {
             Answer::Parsed(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut(), false);
@@ -415,22 +428,18 @@ impl Server {
         }
         strip_hop_by_hop(req.headers_mut(), false);
         let addr = self.stream.target;
-        let upstream = |source: hyper::Error| LocalReply::Upstream {
-            addr,
-            source: source.into(),
-        };
         let h2 = req.version() == Version::HTTP_2;
         let lean = h1::fits(&req);
         let mut resp = match self.sender(h2, lean).await? {
             Sender::H2(mut sender) => sender
                 .send_request(req.map(boxed))
                 .await
-                .map_err(upstream)?,
+                .map_err(LocalReply::upstream(addr))?,
             Sender::H1(mut sender) => {
                 let resp = sender
                     .send_request(req.map(boxed))
                     .await
-                    .map_err(upstream)?;
+                    .map_err(LocalReply::upstream(addr))?;
                 // Back for the next request once this response is read (an
                 // HTTP/1.1 client sends it only then).
                 *self.upstream.lock().await = Some(Sender::H1(sender));
@@ -441,10 +450,7 @@ impl Server {
                 let mut resp = conn
                     .exchange(&parts, self.give_back())
                     .await
-                    .map_err(|source| LocalReply::Upstream {
-                        addr,
-                        source: source.into(),
-                    })?;
+                    .map_err(LocalReply::upstream(addr))?;
                 strip_hop_by_hop(resp.headers_mut(), false);
                 return Ok(resp);
             }
@@ -496,22 +502,20 @@ impl Server {
             None => self.connect().await?,
         };
         let addr = self.stream.target;
-        let failed = |e: hyper::Error| LocalReply::Connect {
-            addr,
-            source: e.into(),
-        };
         if h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
-                .map_err(failed)?;
+                .map_err(LocalReply::connect(addr))?;
             tokio::spawn(conn.in_current_span());
             *slot = Some(Sender::H2(sender.clone()));
             Ok(Sender::H2(sender))
         } else if lean {
             Ok(Sender::Lean(h1::Connection::new(io.into_inner())))
         } else {
-            let (sender, conn) = http1::handshake(io).await.map_err(failed)?;
+            let (sender, conn) = http1::handshake(io)
+                .await
+                .map_err(LocalReply::connect(addr))?;
             tokio::spawn(conn.in_current_span());
             Ok(Sender::H1(sender))
         }
@@ -525,10 +529,7 @@ impl Server {
             .netns
             .connect_tcp(s.target, PROXY_MARK)
             .await
-            .map_err(|e| LocalReply::Connect {
-                addr: s.target,
-                source: e.into(),
-            })?;
+            .map_err(LocalReply::connect(s.target))?;
         let _ = tcp.set_nodelay(true);
         tracing::debug!("connected to the app");
         Ok(TokioIo::new(tcp))
@@ -549,18 +550,12 @@ impl Server {
         let addr = self.stream.target;
         let (mut sender, conn) = http1::handshake::<_, HttpBody>(self.connect().await?)
             .await
-            .map_err(|e| LocalReply::Connect {
-                addr,
-                source: e.into(),
-            })?;
+            .map_err(LocalReply::connect(addr))?;
         tokio::spawn(conn.with_upgrades().in_current_span());
         let mut resp = sender
             .send_request(req.map(boxed))
             .await
-            .map_err(|source| LocalReply::Upstream {
-                addr,
-                source: source.into(),
-            })?;
+            .map_err(LocalReply::upstream(addr))?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(resp.headers_mut(), false);
             return Ok(resp.map(boxed));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use hawser_api::SpiffeId;
 use hawser_api::cni::HBONE_INBOUND_PORT;
-use hawser_api::proto::discovery::Workload;
+use hawser_api::proto::discovery::{self as pb, Workload};
 
 pub use balance::{Balancer, InFlight};
 
@@ -28,6 +28,25 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The pod, if the mesh knows it.
     pub workload_uid: String,
+}
+
+impl Endpoint {
+    /// The ready endpoints of Service `s`'s port `port`: those with a target
+    /// port for it (in range) and an address that parses.
+    pub fn ready_of(s: &pb::Service, port: u32) -> Vec<Self> {
+        s.endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter_map(|e| {
+                let target = u16::try_from(*e.ports.get(&port)?).ok()?;
+                let ip = e.addresses.iter().find_map(|a| a.parse::<IpAddr>().ok())?;
+                Some(Self {
+                    addr: SocketAddr::new(ip, target),
+                    workload_uid: e.workload_uid.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// A Service port and its ready endpoints.
@@ -122,19 +141,7 @@ impl Destinations {
                 let Ok(port) = u16::try_from(p.port) else {
                     continue;
                 };
-                let endpoints = s
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.ready)
-                    .filter_map(|e| {
-                        let target = u16::try_from(*e.ports.get(&p.port)?).ok()?;
-                        let ip = e.addresses.iter().find_map(|a| a.parse::<IpAddr>().ok())?;
-                        Some(Endpoint {
-                            addr: SocketAddr::new(ip, target),
-                            workload_uid: e.workload_uid.clone(),
-                        })
-                    })
-                    .collect();
+                let endpoints = Endpoint::ready_of(s, p.port);
                 let sp = Arc::new(ServicePort {
                     service: service.clone(),
                     port,
