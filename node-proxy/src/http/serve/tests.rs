@@ -1,7 +1,8 @@
 //! The client-connection server over in-memory pipes, byte for byte: which
 //! requests are answered here and which go to hyper (marked by the answer's
-//! `served-by`), the framing of answers, pipelining, the close rules, and
-//! cancellation when the client leaves.
+//! `served-by`), the framing of answers, pipelining, the close rules,
+//! cancellation when the client leaves, the idle timeout, and what a
+//! `serve_verbatim` engine is offered and passes on.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -810,4 +811,139 @@ async fn a_stalled_head_an_unread_answer_and_an_answer_that_never_comes_time_out
         "HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\ndate: <date>\r\nconnection: close\r\n\r\n"
     );
     assert_timed_out(served.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_head_http_will_not_take_goes_back_to_hyper_whole() {
+    // `httparse` takes these targets and `http::Uri` does not: the head is
+    // parsed here, then put back in front of the buffer for hyper, which
+    // answers it (with its `400`) after the request served here.
+    for target in ["/a<b", "/a>b", "/a`b"] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: svc\r\n\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; 4];
+        let parsed = httparse::Request::new(&mut fields).parse(head.as_bytes());
+        assert!(parsed.unwrap().is_complete(), "httparse takes {target}");
+        assert!(http::Uri::try_from(target).is_err(), "http takes {target}");
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(serve(server, IDLE, lean, hyper_service()));
+        let input = format!("GET /first HTTP/1.1\r\nHost: svc\r\n\r\n{head}");
+        let out = talk(client, input.as_bytes()).await;
+        let (first, second) = out
+            .split_once("GET /first svc")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(first.contains("served-by: lean"), "{out}");
+        assert!(
+            second.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{target}: {out}"
+        );
+        let ended = served.await.unwrap();
+        assert!(ended.is_err(), "hyper's error for the bad head");
+    }
+}
+
+/// What a `serve_verbatim` engine saw of each request it was offered.
+#[derive(Debug, PartialEq, Eq)]
+struct Offered {
+    head: String,
+    method: String,
+    target: String,
+    fields: Vec<(String, String)>,
+    asks_close: bool,
+}
+
+#[tokio::test]
+async fn serve_verbatim_passes_answers_on_as_they_came_and_the_rest_to_lean() {
+    let offered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = offered.clone();
+    // Takes the `/raw*` requests: answers them with heads this server would
+    // never write (field case kept, no `date`); the rest goes to `lean`.
+    let verbatim = move |raw: &super::RawRequest| {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        seen.lock().unwrap().push(Offered {
+            head: text(raw.head()),
+            method: raw.method().to_string(),
+            target: text(&raw.target()),
+            fields: raw.fields().map(|(n, v)| (text(n), text(v))).collect(),
+            asks_close: raw.asks_close(),
+        });
+        let target = raw.target();
+        let (head, body, close): (&'static str, &'static str, bool) = match &target[..] {
+            b"/raw" => (
+                "HTTP/1.1 200 OK\r\nX-Case: Kept\r\nContent-Length: 5\r\n\r\n",
+                "hello",
+                false,
+            ),
+            b"/raw-close" => (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\n",
+                "bye",
+                true,
+            ),
+            _ => return None,
+        };
+        Some(std::future::ready(super::Answer::Verbatim(
+            super::h1::Verbatim {
+                head: Bytes::from_static(head.as_bytes()),
+                body: full(body),
+                length: body.len() as u64,
+                close,
+            },
+        )))
+    };
+    let run = |input: &'static [u8]| {
+        let verbatim = verbatim.clone();
+        async move {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let served = tokio::spawn(super::serve_verbatim(
+                server,
+                IDLE,
+                lean,
+                verbatim,
+                hyper_service(),
+            ));
+            let out = talk(client, input).await;
+            served.await.unwrap().unwrap();
+            out
+        }
+    };
+
+    // Pipelined: passed on, built by `lean`, passed on; the answer's own
+    // `Connection: close` closes the connection, though the client did not
+    // ask for it, and the request after it is not read.
+    let out = run(
+        b"GET /raw HTTP/1.1\r\nHost: svc\r\nX-Mixed-Case: A b\r\n\r\n\
+        GET /built HTTP/1.1\r\nHost: svc\r\n\r\n\
+        GET /raw-close HTTP/1.1\r\nHost: svc\r\n\r\n\
+        GET /never HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\nX-Case: Kept\r\nContent-Length: 5\r\n\r\nhello\
+         HTTP/1.1 200 OK\r\ncontent-length: 14\r\ndate: <date>\r\nserved-by: lean\r\n\r\nGET /built svc\
+         HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye"
+    );
+    let offered = std::mem::take(&mut *offered.lock().unwrap());
+    assert_eq!(offered.len(), 3, "{offered:#?}");
+    assert_eq!(
+        offered[0],
+        Offered {
+            head: "GET /raw HTTP/1.1\r\nHost: svc\r\nX-Mixed-Case: A b\r\n\r\n".into(),
+            method: "GET".into(),
+            target: "/raw".into(),
+            fields: vec![
+                ("Host".into(), "svc".into()),
+                ("X-Mixed-Case".into(), "A b".into())
+            ],
+            asks_close: false,
+        }
+    );
+    assert_eq!(offered[1].target, "/built");
+
+    // The client's own `Connection: close` closes it after an answer passed
+    // on without one.
+    let out = run(b"GET /raw HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\nX-Case: Kept\r\nContent-Length: 5\r\n\r\nhello"
+    );
 }
