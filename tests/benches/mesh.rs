@@ -1026,12 +1026,18 @@ struct ConnectResult {
     /// SYNs the client's netns sent again (each waits the 1 s initial RTO).
     syn_retransmits: u64,
     /// SYNs that met a TIME_WAIT socket of the same addresses and ports and
-    /// were refused on their timestamp (PAWS), in the client's netns.
-    paws_time_wait: u64,
+    /// were refused on their timestamp (PAWS), in the client's netns; `None`
+    /// on a kernel without that counter (before 6.16).
+    paws_time_wait: Option<u64>,
+}
+
+/// A PAWS count for the tables, `n/a` where the kernel has none.
+fn paws(count: Option<u64>) -> String {
+    count.map_or_else(|| "n/a".to_owned(), |n| n.to_string())
 }
 
 /// The client netns's `TcpExt` counters a connection-rate run reads.
-fn syn_counters(netns: &str) -> anyhow::Result<(u64, u64)> {
+fn syn_counters(netns: &str) -> anyhow::Result<(u64, Option<u64>)> {
     sys::in_netns(netns, || {
         // This thread's netns (`/proc/net` would be the process's).
         let text = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
@@ -1048,7 +1054,7 @@ fn syn_counters(netns: &str) -> anyhow::Result<(u64, u64)> {
                 .ok_or_else(|| anyhow::anyhow!("no TcpExt {field}"))?
                 .map_err(anyhow::Error::from)
         };
-        Ok((find("TCPSynRetrans")?, find("PAWSTimewait")?))
+        Ok((find("TCPSynRetrans")?, find("PAWSTimewait").ok()))
     })?
 }
 
@@ -1136,8 +1142,8 @@ fn new_connections(
     }
     total.elapsed = start.elapsed();
     let (retransmits, paws) = syn_counters(netns)?;
-    total.syn_retransmits = retransmits - retransmits_before;
-    total.paws_time_wait = paws - paws_before;
+    total.syn_retransmits = retransmits.saturating_sub(retransmits_before);
+    total.paws_time_wait = paws.zip(paws_before).map(|(a, b)| a.saturating_sub(b));
     total
         .times_us
         .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -1347,7 +1353,7 @@ fn run(lab: &mut Lab, dir: &Path, started: Instant) -> anyhow::Result<String> {
             r.percentile_ms(0.99),
             r.errors,
             r.syn_retransmits,
-            r.paws_time_wait
+            paws(r.paws_time_wait)
         );
         results.connect.push((route, exchange, r, usage));
         results.memory.push((what, usage));
@@ -1564,11 +1570,11 @@ fn render(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "SYNs again: SYNs the client's netns retransmitted (each after the 1 s initial RTO); of them PAWS: refused by a TIME_WAIT socket with the same addresses and ports, because the client reused a source port for another destination while the proxy's socket of the earlier connection (both redirected to 127.0.0.1:15001) was in TIME_WAIT, with an older timestamp. The runs go one after another, so a run meets the TIME_WAIT sockets of the runs before it.\n"
+        "SYNs again: SYNs and SYN-ACKs retransmitted in the client's netns (a SYN after the 1 s initial RTO). PAWS: SYNs refused by a TIME_WAIT socket with the same addresses and ports on their timestamp, each then sent again: the client reused a source port for another destination address or port while the proxy's socket of the earlier connection (both redirected to 127.0.0.1:15001) was in TIME_WAIT, and the new connection's timestamps start elsewhere (n/a: a kernel without the counter). The runs go one after another, so a run meets the TIME_WAIT sockets of the runs before it.\n"
     );
     let _ = writeln!(
         s,
-        "| path | exchange | conn/s | vs direct | per-conn p50 ms | p99 ms | max ms | errors | SYNs again (of them PAWS) | proxy CPU s (n1 / n2) | proxy CPU s per 1k conns (n1 / n2 / sum) | server CPU s |"
+        "| path | exchange | conn/s | vs direct | per-conn p50 ms | p99 ms | max ms | errors | SYNs again (PAWS) | proxy CPU s (n1 / n2) | proxy CPU s per 1k conns (n1 / n2 / sum) | server CPU s |"
     );
     let _ = writeln!(
         s,
@@ -1595,7 +1601,7 @@ fn render(r: &Results) -> String {
             c.percentile_ms(1.0),
             c.errors,
             c.syn_retransmits,
-            c.paws_time_wait,
+            paws(c.paws_time_wait),
             cpu_pair(u),
             per_k(u, c.ok),
             u.server_cpu,

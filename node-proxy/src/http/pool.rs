@@ -14,6 +14,7 @@
 //! request comes for their endpoint any more.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,6 +132,11 @@ struct Entry {
 /// Pooled upstream connections.
 pub struct Pool {
     entries: Mutex<HashMap<Key, Entry>>,
+    /// Connectors forgotten (their pod is gone) that may still have
+    /// requests under way: a connection such a request gives back is closed,
+    /// not pooled again under the connector's key. Weak, so an address is
+    /// free for a new connector once the old one is gone.
+    forgotten: Mutex<Vec<Weak<dyn UpstreamConnector>>>,
     max_idle: usize,
     idle_timeout: Duration,
     connects: AtomicU64,
@@ -157,6 +163,7 @@ impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
         let pool = Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
+            forgotten: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
             connects: AtomicU64::new(0),
@@ -214,10 +221,35 @@ impl Pool {
 
     /// Drops every pooled connection opened by `connector` (its pod is
     /// gone): idle HTTP/1.1 connections close, HTTP/2 ones once their
-    /// last request finishes.
+    /// last request finishes; a connection that a request still under way
+    /// gives back later is closed too.
     pub fn forget(&self, connector: &Arc<dyn UpstreamConnector>) {
         let id = Arc::as_ptr(connector).cast::<()>() as usize;
-        self.entries.lock().retain(|key, _| key.connector != id);
+        {
+            let mut forgotten = self.forgotten.lock();
+            forgotten.retain(|w| w.strong_count() > 0);
+            forgotten.push(Arc::downgrade(connector));
+        }
+        let dropped: Vec<Entry> = {
+            let mut entries = self.entries.lock();
+            let keys: Vec<Key> = entries
+                .keys()
+                .filter(|key| key.connector == id)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|key| entries.remove(key)).collect()
+        };
+        // Connections are dropped outside the lock.
+        drop(dropped);
+    }
+
+    /// Whether `connector` was forgotten (and is not gone yet).
+    fn is_forgotten(&self, connector: &Arc<dyn UpstreamConnector>) -> bool {
+        let mut forgotten = self.forgotten.lock();
+        forgotten.retain(|w| w.strong_count() > 0);
+        forgotten
+            .iter()
+            .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(connector)))
     }
 
     fn key(connector: &Arc<dyn UpstreamConnector>, addr: SocketAddr, p: UpstreamProtocol) -> Key {
@@ -257,11 +289,23 @@ impl Pool {
 
     fn checkin(&self, key: Key, connector: &Arc<dyn UpstreamConnector>, sender: Sender) {
         let mut entries = self.entries.lock();
-        let entry = entries.entry(key).or_insert_with(|| Entry {
-            _connector: connector.clone(),
-            h2: None,
-            idle: Vec::new(),
-        });
+        let addr = key.addr;
+        let entry = match entries.entry(key) {
+            Slot::Occupied(entry) => entry.into_mut(),
+            // Only a key with nothing pooled can be a forgotten client's.
+            Slot::Vacant(slot) if !self.is_forgotten(connector) => slot.insert(Entry {
+                _connector: connector.clone(),
+                h2: None,
+                idle: Vec::new(),
+            }),
+            Slot::Vacant(_) => {
+                drop(entries);
+                tracing::debug!(%addr, "not pooling a connection of a forgotten client");
+                // Closed outside the lock.
+                drop(sender);
+                return;
+            }
+        };
         let conn = match sender {
             Sender::H2(h2) => {
                 entry.h2 = Some(h2);

@@ -360,6 +360,29 @@ async fn client_connections_idle_for_the_client_idle_timeout_are_closed() {
 }
 
 #[tokio::test]
+async fn a_connection_given_back_after_its_client_was_forgotten_is_closed() {
+    let backend = Backend::start("echo", |_| Reply::ok().delay(Duration::from_millis(300))).await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
+    let h = Harness::new(&mesh);
+    let mut client = h.h1(NS, VIP).await;
+    assert_eq!(client.get("/").await.status, 200);
+    assert_eq!(h.outbound.upstream_idle(), 1, "pooled after its answer");
+    // The pod goes while a request of its is under way on that connection.
+    let pending = tokio::spawn(async move { client.get("/").await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let connector: std::sync::Arc<dyn crate::http::UpstreamConnector> = h.connector.clone();
+    h.outbound.forget_client(&connector);
+    assert_eq!(pending.await.unwrap(), 200, "the request still completes");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        h.outbound.upstream_idle(),
+        0,
+        "its connection is not pooled again"
+    );
+}
+
+#[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let backend = Backend::ok("echo").await;
     let mut mesh = Mesh::default();
