@@ -352,7 +352,7 @@ impl HttpOutbound {
     ) -> Self {
         let current = config.borrow().clone();
         let routes = Arc::new(Routes::new(&current));
-        Self {
+        let this = Self {
             inner: Arc::new(Inner {
                 config,
                 compiled: RwLock::new((current, routes)),
@@ -362,7 +362,35 @@ impl HttpOutbound {
                 budgets: Mutex::new(HashMap::new()),
                 metrics: HttpMetrics::default(),
             }),
-        }
+        };
+        this.spawn_compiler();
+        this
+    }
+
+    /// Within a runtime: compiles the routes of each config as it is
+    /// published, so that requests find them ready instead of the first
+    /// request after a change compiling every Service's (one that comes
+    /// before the task still compiles them itself). Ends with the engine.
+    fn spawn_compiler(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut config = self.inner.config.clone();
+        let engine = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            while config.changed().await.is_ok() {
+                let Some(inner) = engine.upgrade() else {
+                    return;
+                };
+                Self { inner }.routes();
+            }
+        });
+    }
+
+    /// The config version the compiled routes are of.
+    #[cfg(test)]
+    pub(crate) fn compiled_version(&self) -> u64 {
+        self.inner.compiled.read().0.version()
     }
 
     /// The counters.

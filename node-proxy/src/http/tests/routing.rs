@@ -471,6 +471,18 @@ async fn new_config_versions_take_effect_on_open_connections() {
         Arc::ptr_eq(&first, &h.outbound.routes()),
         "compiled once per version"
     );
+    // A version no request has seen yet is compiled as it is published.
+    mesh.routes("echo", 80, None, vec![]);
+    h.config.send_replace(Arc::new(mesh.config(3)));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while h.outbound.compiled_version() != 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "version 3 not compiled before a request"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(client.get("/").await.backend(), "echo-v1");
 }
 
 #[tokio::test]
