@@ -15,9 +15,14 @@
 //!
 //! A request can also go as its client wrote it
 //! ([`Connection::exchange_verbatim`], the inbound side's authorized plain
-//! requests): then an answer framed by one `Content-Length`, or without a
-//! body, with no connection-specific field, comes back as its bytes, not
-//! parsed into a `Response`; any other answer is parsed as below.
+//! requests), or be built and still get its answer as it came
+//! ([`Connection::exchange_answer`], the outbound side when the route
+//! changes nothing in the answer): then an answer framed by one
+//! `Content-Length`, or without a body, with CRLF line ends and no
+//! connection-specific field but `Connection: close`/`keep-alive`, comes back
+//! as its bytes, not parsed into a `Response`; any other answer is parsed as
+//! below. The outbound side also parses an answer that closes the
+//! connection or has no `Date`.
 //!
 //! The response is framed per RFC 9112 §6.3: no body for `HEAD`, `1xx`,
 //! `204` and `304`; `Transfer-Encoding` (chunked last: chunked, else read to
@@ -192,7 +197,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// parsed, as [`Self::exchange`] gives it. The connection goes to
     /// `on_reusable` as there.
     pub(crate) async fn exchange_verbatim(
-        mut self,
+        self,
         head: &[u8],
         head_request: bool,
         on_reusable: OnReusable<IO>,
@@ -200,9 +205,33 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     where
         IO: Send + 'static,
     {
+        self.exchange_passing(head, head_request, on_reusable, false)
+            .await
+    }
+
+    /// [`Self::exchange_verbatim`]; `strict`: only an answer that keeps the
+    /// connection open and has a `Date` is passed on as it came (for a
+    /// proxy whose client's connection must not close with the upstream's,
+    /// and which must date what it forwards).
+    async fn exchange_passing(
+        mut self,
+        head: &[u8],
+        head_request: bool,
+        on_reusable: OnReusable<IO>,
+        strict: bool,
+    ) -> Result<Answer, Error>
+    where
+        IO: Send + 'static,
+    {
         self.write(head).await?;
         loop {
-            match verbatim_head(&self.buf, head_request) {
+            let peek = match verbatim_head(&self.buf, head_request) {
+                Peek::Verbatim {
+                    keep_alive, dated, ..
+                } if strict && !(keep_alive && dated) => Peek::Other,
+                peek => peek,
+            };
+            match peek {
                 Peek::Partial => self.read_more_head().await?,
                 Peek::Other => {
                     let resp = self.receive(head_request).await?;
@@ -210,8 +239,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 }
                 Peek::Verbatim {
                     len,
+                    status,
                     length,
                     keep_alive,
+                    dated: _,
                 } => {
                     let head = self.buf.split_to(len).freeze();
                     let decode = match length {
@@ -222,6 +253,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     body.on_reusable(on_reusable);
                     return Ok(Answer::Verbatim(Verbatim {
                         head,
+                        status: StatusCode::from_u16(status)
+                            .map_err(|e| Error::InvalidHead(format!("status {status}: {e}")))?,
                         body: if length == 0 { empty() } else { boxed(body) },
                         length,
                         close: !keep_alive,
@@ -229,6 +262,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 }
             }
         }
+    }
+
+    /// Exchanges a request that [`fits`], built from `req`: an answer that
+    /// can be passed on unchanged, keeps the connection open and has a
+    /// `Date` comes back as its bytes, any other parsed, as
+    /// [`Self::exchange_verbatim`] gives them.
+    pub(crate) async fn exchange_answer(
+        self,
+        req: &Parts,
+        on_reusable: OnReusable<IO>,
+    ) -> Result<Answer, Error>
+    where
+        IO: Send + 'static,
+    {
+        debug_assert!(req.method != Method::CONNECT, "CONNECT does not fit");
+        let head = encode_head(req);
+        self.exchange_passing(&head, req.method == Method::HEAD, on_reusable, true)
+            .await
     }
 
     /// Sends a request that has no body, and reads the response head. The
@@ -359,8 +410,8 @@ where
     }
 }
 
-/// The answer to a request passed on as it came
-/// ([`Connection::exchange_verbatim`]).
+/// An answer that may be passed on as the upstream wrote it
+/// ([`Connection::exchange_verbatim`], [`Connection::exchange_answer`]).
 pub(crate) enum Answer {
     /// Passed on as the upstream wrote it.
     Verbatim(Verbatim),
@@ -368,10 +419,36 @@ pub(crate) enum Answer {
     Parsed(Response<HttpBody>),
 }
 
+impl Answer {
+    /// Its status.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::Verbatim(answer) => answer.status,
+            Self::Parsed(resp) => resp.status(),
+        }
+    }
+
+    /// Its body.
+    pub(crate) fn into_body(self) -> HttpBody {
+        match self {
+            Self::Verbatim(answer) => answer.body,
+            Self::Parsed(resp) => resp.into_body(),
+        }
+    }
+}
+
+impl From<Response<HttpBody>> for Answer {
+    fn from(resp: Response<HttpBody>) -> Self {
+        Self::Parsed(resp)
+    }
+}
+
 /// An answer passed on as the upstream wrote it.
 pub(crate) struct Verbatim {
     /// Its head, status line to blank line.
     pub head: Bytes,
+    /// Its status (in `head`).
+    pub status: StatusCode,
     /// Its body: exactly `length` bytes (none for `HEAD`, `204`, `304`).
     pub body: HttpBody,
     pub length: u64,
@@ -388,8 +465,11 @@ enum Peek {
     /// body; `keep_alive`: the connection may carry another exchange.
     Verbatim {
         len: usize,
+        status: u16,
         length: u64,
         keep_alive: bool,
+        /// It has a `Date`.
+        dated: bool,
     },
     /// A head to parse.
     Other,
@@ -415,11 +495,24 @@ fn verbatim_head(buf: &[u8], head_request: bool) -> Peek {
     let (Some(1), Some(code @ 200..=599)) = (resp.version, resp.code) else {
         return Peek::Other;
     };
+    // Every line ended by CRLF (`httparse` also takes bare LF, which not
+    // every client does).
+    let head = &buf[..len];
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    {
+        return Peek::Other;
+    }
     let mut length = None;
     let mut keep_alive = true;
+    let mut dated = false;
     for field in resp.headers.iter() {
         let name = field.name;
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("date") {
+            dated = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
             match (length, digits(field.value)) {
                 (None, Some(n)) => length = Some(n),
                 _ => return Peek::Other,
@@ -441,13 +534,17 @@ fn verbatim_head(buf: &[u8], head_request: bool) -> Peek {
         Some(_) if code == 204 => Peek::Other,
         _ if no_body => Peek::Verbatim {
             len,
+            status: code,
             length: 0,
             keep_alive,
+            dated,
         },
         Some(length) => Peek::Verbatim {
             len,
+            status: code,
             length,
             keep_alive,
+            dated,
         },
         // Read to the close.
         None => Peek::Other,
@@ -1543,8 +1640,10 @@ mod tests {
     fn which_answers_pass_on_as_they_came() {
         let verbatim = |head: &str, length, keep_alive| Peek::Verbatim {
             len: head.find("\r\n\r\n").expect("a whole head") + 4,
+            status: head[9..12].parse().expect("a status code"),
             length,
             keep_alive,
+            dated: head.to_ascii_lowercase().contains("\r\ndate:"),
         };
         let ok = "HTTP/1.1 200 OK\r\nX-Odd: a\r\nContent-Length: 5\r\n\r\nhello";
         let closing =
@@ -1554,6 +1653,18 @@ mod tests {
         let not_modified = "HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n";
         let head_answer = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
         assert_eq!(verbatim_head(ok.as_bytes(), false), verbatim(ok, 5, true));
+        // A bare LF anywhere in the head: parsed.
+        for bare in [
+            "HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nok",
+        ] {
+            assert_eq!(
+                verbatim_head(bare.as_bytes(), false),
+                Peek::Other,
+                "{bare:?}"
+            );
+        }
         assert_eq!(
             verbatim_head(closing.as_bytes(), false),
             verbatim(closing, 0, false)

@@ -409,13 +409,17 @@ impl Pool {
     /// Sends `req` to `addr` over a pooled (or new) connection opened by
     /// `connector`. The request must already be in the form the protocol
     /// needs (origin-form URI for HTTP/1.1, absolute URI for HTTP/2).
-    pub async fn send(
+    /// `verbatim`: an answer exchanged by this task's own HTTP/1.1 exchange
+    /// may come back as the upstream wrote it ([`h1::Answer::Verbatim`]);
+    /// every other is parsed.
+    pub(crate) async fn send(
         self: &Arc<Self>,
         connector: &Arc<dyn UpstreamConnector>,
         addr: SocketAddr,
         protocol: UpstreamProtocol,
         req: Request<HttpBody>,
-    ) -> Result<Response<HttpBody>, UpstreamError> {
+        verbatim: bool,
+    ) -> Result<h1::Answer, UpstreamError> {
         let key = Self::key(connector, addr, protocol);
         let lean = h1::fits(&req);
         let sender = match self.checkout(&key) {
@@ -434,7 +438,7 @@ impl Pool {
         match sender {
             Sender::H2(mut h2) => {
                 let resp = h2.send_request(req).await.map_err(request_err)?;
-                Ok(resp.map(boxed))
+                Ok(h1::Answer::Parsed(resp.map(boxed)))
             }
             Sender::H1(mut h1) => {
                 let resp = h1.send_request(req).await.map_err(|e| {
@@ -447,7 +451,9 @@ impl Pool {
                     connector: connector.clone(),
                     sender: Some(h1),
                 };
-                Ok(resp.map(|inner| boxed(PooledBody { inner, giveback })))
+                Ok(h1::Answer::Parsed(
+                    resp.map(|inner| boxed(PooledBody { inner, giveback })),
+                ))
             }
             Sender::Lean(conn) => {
                 let (parts, _) = req.into_parts();
@@ -458,7 +464,14 @@ impl Pool {
                         pool.checkin(back, &connector, Sender::Lean(conn));
                     }
                 });
-                conn.exchange(&parts, give_back).await.map_err(|source| {
+                let answer = if verbatim {
+                    conn.exchange_answer(&parts, give_back).await
+                } else {
+                    conn.exchange(&parts, give_back)
+                        .await
+                        .map(h1::Answer::Parsed)
+                };
+                answer.map_err(|source| {
                     self.prune(&key);
                     UpstreamError::Exchange { addr, source }
                 })

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::body::{BoxError, HttpBody, ReplayBody, ResponseBody, Tee, boxed};
 use super::filters::{RedirectSource, modify_headers, redirect_location, rewrite_path, with_query};
+use super::h1::{self, Answer};
 use super::matching::{RequestInfo, Selected, is_grpc, select};
 use super::metrics::{HttpMetrics, MetricsSnapshot};
 use super::pool::Pool;
@@ -459,7 +460,9 @@ impl HttpOutbound {
             let client = shared.clone();
             async move { Ok::<_, Infallible>(this.handle(req, &client).await) }
         });
-        let lean = |req| self.handle(req, &client);
+        // Plain requests served in this task may get their answer as the
+        // upstream wrote it.
+        let lean = |req| self.respond(req, &client, true);
         let idle = self.inner.settings.client_idle_timeout;
         if let Err(e) = super::serve::serve(io, idle, lean, service).await {
             tracing::debug!(%destination, error = %e, "client HTTP connection ended");
@@ -472,8 +475,26 @@ impl HttpOutbound {
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
+        match self.respond(req, client, false).await {
+            Answer::Parsed(resp) => resp,
+            Answer::Verbatim(_) => unreachable!("no answer as it came was asked for"),
+        }
+    }
+
+    /// [`Self::handle`]; `verbatim`: the answer may come back as the
+    /// upstream wrote it, for a client that takes it so (see
+    /// [`Self::forward`]).
+    async fn respond<B>(&self, req: Request<B>, client: &ClientContext, verbatim: bool) -> Answer
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
+        // A client that asks to close gets the answer built, with its
+        // `Connection: close`.
+        let verbatim =
+            verbatim && !connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("close"));
         let span = tracing::debug_span!(
             "request",
             method = %req.method(),
@@ -481,9 +502,12 @@ impl HttpOutbound {
             destination = %client.destination,
             client_ns = %client.namespace,
         );
-        let result = self.route(req, client, grpc).instrument(span.clone()).await;
-        let resp = match result {
-            Ok(resp) => resp,
+        let result = self
+            .route(req, client, grpc, verbatim)
+            .instrument(span.clone())
+            .await;
+        let answer = match result {
+            Ok(answer) => answer,
             Err(e) => {
                 if matches!(
                     e,
@@ -494,18 +518,19 @@ impl HttpOutbound {
                 span.in_scope(
                     || tracing::info!(error = %e, status = %e.status(), "request failed"),
                 );
-                error_response(&e, grpc)
+                Answer::Parsed(error_response(&e, grpc))
             }
         };
-        self.inner.metrics.response(resp.status());
+        let status = answer.status();
+        self.inner.metrics.response(status);
         span.in_scope(|| {
             tracing::debug!(
-                status = resp.status().as_u16(),
+                status = status.as_u16(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "response"
             )
         });
-        resp
+        answer
     }
 
     async fn route<B>(
@@ -513,7 +538,8 @@ impl HttpOutbound {
         mut req: Request<B>,
         client: &ClientContext,
         grpc: bool,
-    ) -> Result<Response<HttpBody>, HttpError>
+        verbatim: bool,
+    ) -> Result<Answer, HttpError>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
@@ -525,12 +551,16 @@ impl HttpOutbound {
         let (plan, out, body) =
             match self.plan(&routes, parts, boxed(body), upgrading, client, grpc)? {
                 Planned::Forward { plan, out, body } => (plan, out, body),
-                Planned::Respond(resp) => return Ok(resp),
+                Planned::Respond(resp) => return Ok(Answer::Parsed(resp)),
             };
+        // gRPC answers are parsed: a trailers-only one's status is in its
+        // fields, for the retry codes.
+        let verbatim = verbatim && !grpc;
         // The one place a request is forwarded from: each `.await` of a
         // future makes room for it in this future, which hyper moves per
         // request.
-        self.forward(out, body, plan, client, upgrade).await
+        self.forward(out, body, plan, client, upgrade, verbatim)
+            .await
     }
 
     /// Where the request goes: the route's rule and backend, with the
@@ -719,12 +749,12 @@ impl HttpOutbound {
             async move {
                 let _in_flight = in_flight;
                 let exchange = async {
-                    let resp = pool
-                        .send(&connector, endpoint, target.protocol, req)
+                    let answer = pool
+                        .send(&connector, endpoint, target.protocol, req, true)
                         .await?;
-                    let status = resp.status();
+                    let status = answer.status();
                     // Read the answer so the connection can be reused.
-                    let _ = resp.into_body().collect().await;
+                    let _ = answer.into_body().collect().await;
                     Ok::<_, super::pool::UpstreamError>(status)
                 };
                 match tokio::time::timeout(timeout, exchange).await {
@@ -738,6 +768,14 @@ impl HttpOutbound {
         body
     }
 
+    /// Forwards the request per `plan`, with its timeouts and retries.
+    /// `verbatim`: an answer the route has nothing to change in (no
+    /// response filter) may be passed on as the upstream wrote it, when
+    /// this task's own HTTP/1.1 exchange finds it plain enough
+    /// ([`h1::Connection::exchange_answer`]: no connection-specific field
+    /// but `Connection: keep-alive`, a `Date`). Retries then go by its
+    /// status alone (a `grpc-status` field of an answer to a request that is
+    /// not gRPC is not mapped).
     async fn forward(
         &self,
         out: Outgoing,
@@ -745,29 +783,47 @@ impl HttpOutbound {
         plan: Plan<'_>,
         client: &ClientContext,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Response<HttpBody>, HttpError> {
+        verbatim: bool,
+    ) -> Result<Answer, HttpError> {
         if let Some(upgrade) = upgrade {
             return self
                 .forward_upgrade(&out, body, &plan, client, upgrade)
-                .await;
+                .await
+                .map(Answer::Parsed);
         }
+        let verbatim = verbatim && plan.response_filters.is_empty();
         let timeout = plan.rule.and_then(|r| r.request_timeout);
         let deadline = timeout.map(|t| (Instant::now() + t, t));
         // Each branch makes its own future: one named and then awaited
         // would take room twice in this future, which is moved per request.
-        let (mut resp, in_flight) = match deadline {
-            Some((at, t)) => {
-                tokio::time::timeout_at(at, self.attempts(out, body, &plan, client, deadline))
-                    .await
-                    .map_err(|_| HttpError::RequestTimeout(t))??
+        let (answer, in_flight) = match deadline {
+            Some((at, t)) => tokio::time::timeout_at(
+                at,
+                self.attempts(out, body, &plan, client, deadline, verbatim),
+            )
+            .await
+            .map_err(|_| HttpError::RequestTimeout(t))??,
+            None => {
+                self.attempts(out, body, &plan, client, deadline, verbatim)
+                    .await?
             }
-            None => self.attempts(out, body, &plan, client, deadline).await?,
         };
-        strip_hop_by_hop(resp.headers_mut(), false);
-        for m in &plan.response_filters {
-            modify_headers(resp.headers_mut(), m);
-        }
-        Ok(resp.map(|b| boxed(ResponseBody::new(b, deadline, Some(in_flight)))))
+        // The body holds the request timeout and the request's place in
+        // the balancer until it is read.
+        let finish = |b| boxed(ResponseBody::new(b, deadline, Some(in_flight)));
+        Ok(match answer {
+            Answer::Verbatim(answer) => Answer::Verbatim(h1::Verbatim {
+                body: finish(answer.body),
+                ..answer
+            }),
+            Answer::Parsed(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut(), false);
+                for m in &plan.response_filters {
+                    modify_headers(resp.headers_mut(), m);
+                }
+                Answer::Parsed(resp.map(finish))
+            }
+        })
     }
 
     fn no_endpoints(plan: &Plan<'_>) -> HttpError {
@@ -791,7 +847,8 @@ impl HttpOutbound {
         plan: &Plan<'_>,
         client: &ClientContext,
         deadline: Option<(Instant, std::time::Duration)>,
-    ) -> Result<(Response<HttpBody>, InFlight), HttpError> {
+        verbatim: bool,
+    ) -> Result<(Answer, InFlight), HttpError> {
         let settings = &self.inner.settings;
         let policy = plan.rule.and_then(|r| r.retry.as_ref());
         let backend_timeout = plan.rule.and_then(|r| r.backend_timeout);
@@ -841,31 +898,34 @@ impl HttpOutbound {
             // As in `forward`: one future per branch, not one named future.
             let mut outcome = match backend_timeout {
                 Some(t) => {
-                    match tokio::time::timeout(t, pool.send(connector, addr, plan.protocol, req))
-                        .await
-                    {
+                    let send = pool.send(connector, addr, plan.protocol, req, verbatim);
+                    match tokio::time::timeout(t, send).await {
                         Ok(r) => r.map_err(HttpError::from),
                         Err(_) => Err(HttpError::BackendTimeout(t)),
                     }
                 }
                 None => pool
-                    .send(connector, addr, plan.protocol, req)
+                    .send(connector, addr, plan.protocol, req, verbatim)
                     .await
                     .map_err(HttpError::from),
             };
             // The destination proxy could not reach the app: a connection
             // error, as if this proxy's own connection had failed.
-            let app_unreachable = outcome.as_mut().is_ok_and(|resp| {
-                resp.headers_mut()
+            // (An answer passed on as it came never has the field.)
+            let app_unreachable = outcome.as_mut().is_ok_and(|answer| match answer {
+                Answer::Parsed(resp) => resp
+                    .headers_mut()
                     .remove(super::UPSTREAM_ERROR_HEADER)
-                    .is_some()
+                    .is_some(),
+                Answer::Verbatim(_) => false,
             });
             let Some(policy) = policy else {
                 return outcome.map(|r| (r, in_flight));
             };
             let retryable = match &outcome {
                 Ok(_) if app_unreachable => true,
-                Ok(resp) => policy.codes.contains(&retry_status(resp)),
+                Ok(Answer::Parsed(resp)) => policy.codes.contains(&retry_status(resp)),
+                Ok(Answer::Verbatim(answer)) => policy.codes.contains(&answer.status.as_u16()),
                 // A timed-out attempt is a connection error: retried whenever
                 // the rule retries at all, 504 listed or not (Gateway API:
                 // "retry on connection errors (disconnect, reset, timeout,
@@ -901,10 +961,10 @@ impl HttpOutbound {
             last_failed = Some(endpoint.addr);
             self.inner.metrics.retry();
             match &outcome {
-                Ok(resp) => tracing::debug!(
+                Ok(answer) => tracing::debug!(
                     retry = retries,
                     endpoint = %endpoint.addr,
-                    status = resp.status().as_u16(),
+                    status = answer.status().as_u16(),
                     "retrying"
                 ),
                 Err(e) => {

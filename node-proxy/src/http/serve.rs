@@ -15,7 +15,8 @@
 //! An engine may also take a plain request as it came ([`serve_verbatim`]:
 //! the inbound side, which needs only its method and path), and answer with
 //! the upstream's answer as it came ([`Answer::Verbatim`]), its head and its
-//! body's bytes copied, not parsed and written again.
+//! body's bytes copied, not parsed and written again. `lean` may answer so
+//! too (the outbound side, which routes the parsed request).
 //!
 //! Answers keep hyper's conventions: `Content-Length` when the length is
 //! known, else chunked; no body for `HEAD`, `204` and `304`; a `Date` when
@@ -85,7 +86,7 @@ pub(crate) async fn serve<IO, L, F, S>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     L: FnMut(Request<Empty<Bytes>>) -> F,
-    F: Future<Output = Response<HttpBody>>,
+    F: Future<Output: Into<Answer>>,
     S: hyper::service::Service<Request<Incoming>, Response = Response<HttpBody>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -95,8 +96,9 @@ where
 }
 
 /// [`serve`], where `verbatim` may take a plain request as it came (its
-/// head's bytes, unparsed fields) and answer it, also with an answer to
-/// pass on as it came; the requests it does not take go to `lean`.
+/// head's bytes, unparsed fields) and answer it; the requests it does not
+/// take go to `lean`. Either may answer with an answer to pass on as it
+/// came.
 pub(crate) async fn serve_verbatim<IO, L, F, V, G, S>(
     io: IO,
     idle: Duration,
@@ -107,7 +109,7 @@ pub(crate) async fn serve_verbatim<IO, L, F, V, G, S>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     L: FnMut(Request<Empty<Bytes>>) -> F,
-    F: Future<Output = Response<HttpBody>>,
+    F: Future<Output: Into<Answer>>,
     V: FnMut(&RawRequest) -> Option<G>,
     G: Future<Output = Answer>,
     S: hyper::service::Service<Request<Incoming>, Response = Response<HttpBody>> + Send + 'static,
@@ -125,7 +127,7 @@ where
         let answer = match verbatim(&raw) {
             Some(answer) => conn.answer(pin!(answer)).await,
             None => match raw.into_request() {
-                Ok(req) => conn.answer(pin!(lean(req))).await.map(Answer::Parsed),
+                Ok(req) => conn.answer(pin!(lean(req))).await.map(Into::into),
                 Err(head) => {
                     // Not taken after all: the head goes back for hyper.
                     conn.put_back(&head);

@@ -885,6 +885,7 @@ async fn serve_verbatim_passes_answers_on_as_they_came_and_the_rest_to_lean() {
         Some(std::future::ready(super::Answer::Verbatim(
             super::h1::Verbatim {
                 head: Bytes::from_static(head.as_bytes()),
+                status: StatusCode::OK,
                 body: full(body),
                 length: body.len() as u64,
                 close,

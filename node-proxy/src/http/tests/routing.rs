@@ -511,3 +511,163 @@ async fn a_host_the_connection_field_names_is_still_the_host_sent() {
     assert_eq!(answer.status, 200);
     assert_eq!(a.last().header("host").as_deref(), Some("echo"));
 }
+
+#[tokio::test]
+async fn plain_answers_pass_on_as_the_upstream_wrote_them_unless_the_route_changes_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Field case, order and `Date` as no server of this proxy writes them.
+    const ANSWER: &str = "HTTP/1.1 200 OK\r\nX-Odd-Case: yes\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello";
+    let backend = Backend::raw("raw", ANSWER).await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
+    mesh.service("filtered", "10.96.0.2", 80, "http", "http", &[&backend]);
+    let with_filter = table(
+        vec![filtered(
+            rule(vec![to("filtered", 80, 1)]),
+            vec![pb::filter::Kind::ResponseHeaderModifier(header_mod(
+                &[("x-set", "1")],
+                &[],
+                &[],
+            ))],
+        )],
+        vec![prefix(0, "/")],
+    );
+    mesh.routes("filtered", 80, Some(with_filter), vec![]);
+    let h = Harness::new(&mesh);
+
+    // No response filter: byte for byte, request after request on one
+    // kept-alive connection (the upstream connection pooled in between).
+    let mut raw = h.raw(NS, VIP);
+    for _ in 0..3 {
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; ANSWER.len()];
+        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
+            .await
+            .expect("the answer")
+            .unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), ANSWER);
+    }
+    assert_eq!(h.outbound.upstream_connects(), 1);
+
+    // A response filter: the answer is built again, with its field.
+    let mut raw = h.raw(NS, "10.96.0.2:80");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: filtered\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_string(&mut out))
+        .await
+        .expect("the answer and the close")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("\r\nx-odd-case: yes\r\n"), "{out}");
+    assert!(out.contains("\r\nx-set: 1\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nhello"), "{out}");
+    assert_eq!(backend.hits(), 4);
+}
+
+#[tokio::test]
+async fn answers_that_close_or_are_undated_and_clients_that_close_get_built_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLOSING: &str = "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+    const UNDATED: &str = "HTTP/1.1 200 OK\r\nX-Odd-Case: yes\r\nContent-Length: 2\r\n\r\nok";
+    const PLAIN: &str =
+        "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok";
+    let closing = Backend::raw("closing", CLOSING).await;
+    let undated = Backend::raw("undated", UNDATED).await;
+    let plain = Backend::raw("plain", PLAIN).await;
+    let mut mesh = Mesh::default();
+    mesh.service("closing", "10.96.0.1", 80, "http", "http", &[&closing]);
+    mesh.service("undated", "10.96.0.2", 80, "http", "http", &[&undated]);
+    mesh.service("plain", "10.96.0.3", 80, "http", "http", &[&plain]);
+    let h = Harness::new(&mesh);
+
+    // The upstream closes its connection: the client's stays open (the
+    // answer is built without the field), and the next request gets a new
+    // upstream connection.
+    let mut raw = h.raw(NS, "10.96.0.1:80");
+    for _ in 0..2 {
+        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let answer = read_through_ok(&mut raw).await;
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection"),
+            "{answer}"
+        );
+    }
+    assert_eq!(closing.hits(), 2);
+
+    // No `Date`: the answer is built, dated.
+    let mut raw = h.raw(NS, "10.96.0.2:80");
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let answer = read_through_ok(&mut raw).await;
+    assert!(answer.contains("\r\ndate: "), "{answer}");
+    assert!(answer.contains("\r\nx-odd-case: yes\r\n"), "{answer}");
+
+    // The client asks to close: the answer says so, then the close.
+    let mut raw = h.raw(NS, "10.96.0.3:80");
+    raw.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    raw.read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+}
+
+#[tokio::test]
+async fn a_retry_on_an_answer_passed_on_as_it_came_goes_by_its_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const UNAVAILABLE: &str = "HTTP/1.1 503 Service Unavailable\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 4\r\n\r\nbusy";
+    const OK: &str =
+        "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok";
+    let (busy, fine) = (
+        Backend::raw("busy", UNAVAILABLE).await,
+        Backend::raw("fine", OK).await,
+    );
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&busy, &fine]);
+    let mut retrying = rule(vec![to("echo", 80, 1)]);
+    retrying.retry = Some(pb::Retry {
+        codes: vec![503],
+        attempts: Some(1),
+        backoff_ms: Some(1),
+    });
+    mesh.routes(
+        "echo",
+        80,
+        Some(table(vec![retrying], vec![prefix(0, "/")])),
+        vec![],
+    );
+    let h = Harness::new(&mesh);
+    let mut raw = h.raw(NS, VIP);
+    // Whichever endpoint is tried first, a 503 is retried on the other one
+    // and only the other's answer reaches the client, as it came.
+    for _ in 0..4 {
+        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut got = vec![0u8; OK.len()];
+        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
+            .await
+            .expect("the answer")
+            .unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), OK);
+    }
+    assert!(busy.hits() >= 1, "the 503 endpoint was tried");
+}
+
+/// Reads an answer whose body ends in `ok`, head and all.
+async fn read_through_ok(raw: &mut tokio::io::DuplexStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\nok") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut byte))
+            .await
+            .expect("the answer")
+            .unwrap();
+        assert_eq!(n, 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}

@@ -170,6 +170,37 @@ impl Backend {
         backend
     }
 
+    /// A raw HTTP/1.1 backend that answers every request of a kept-alive
+    /// connection with `answer`, byte for byte (it must be framed by a
+    /// `Content-Length`).
+    pub async fn raw(name: &'static str, answer: &'static str) -> Self {
+        let (listener, backend) = Self::bind(name).await;
+        let hits = backend.hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let hits = hits.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            if tcp.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        backend
+    }
+
     /// A backend answering with `f`.
     pub async fn start(
         name: &'static str,
@@ -468,6 +499,16 @@ impl Harness {
             .expect("h1 handshake");
         tokio::spawn(conn.with_upgrades());
         Client::H1(sender)
+    }
+
+    /// A raw client connection from a pod in `namespace` to `destination`:
+    /// the bytes the client side reads and writes.
+    pub fn raw(&self, namespace: &str, destination: &str) -> tokio::io::DuplexStream {
+        let (client_io, proxy_io) = tokio::io::duplex(256 * 1024);
+        let outbound = self.outbound.clone();
+        let ctx = self.ctx(namespace, destination);
+        tokio::spawn(async move { outbound.serve(proxy_io, ctx).await });
+        client_io
     }
 
     /// An HTTP/2 (prior knowledge) client connection.
