@@ -138,67 +138,70 @@ impl Backend {
         (listener, backend)
     }
 
+    /// A raw backend: `connection` serves each accepted connection in its
+    /// own task, given the backend's hit counter.
+    async fn serve_raw<F, Fut>(name: &'static str, connection: F) -> Self
+    where
+        F: Fn(TcpStream, Arc<AtomicUsize>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (listener, backend) = Self::bind(name).await;
+        let hits = backend.hits.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(connection(tcp, hits.clone()));
+            }
+        });
+        backend
+    }
+
     /// A raw HTTP/1.1 backend that answers the first request of each
     /// connection with 200 and keep-alive, then closes the connection
     /// `linger` later without a word (as a server's idle timeout does).
     pub async fn closing_after(name: &'static str, linger: Duration) -> Self {
-        let (listener, backend) = Self::bind(name).await;
-        let hits = backend.hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                let hits = hits.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    let body = name;
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = tcp.write_all(reply.as_bytes()).await;
-                    tokio::time::sleep(linger).await;
-                });
+        Self::serve_raw(name, move |mut tcp, hits| async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
             }
-        });
-        backend
+            hits.fetch_add(1, Ordering::SeqCst);
+            let body = name;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(reply.as_bytes()).await;
+            tokio::time::sleep(linger).await;
+        })
+        .await
     }
 
     /// A raw HTTP/1.1 backend that answers every request of a kept-alive
     /// connection with `answer`, byte for byte (it must be framed by a
     /// `Content-Length`).
     pub async fn raw(name: &'static str, answer: &'static str) -> Self {
-        let (listener, backend) = Self::bind(name).await;
-        let hits = backend.hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                let hits = hits.clone();
-                tokio::spawn(async move {
-                    let mut pending = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            pending.drain(..end + 4);
-                            hits.fetch_add(1, Ordering::SeqCst);
-                            if tcp.write_all(answer.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
+        Self::serve_raw(name, move |mut tcp, hits| async move {
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    pending.drain(..end + 4);
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
                     }
-                });
+                }
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
             }
-        });
-        backend
+        })
+        .await
     }
 
     /// A backend answering with `f`.
