@@ -253,8 +253,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     body.on_reusable(on_reusable);
                     return Ok(Answer::Verbatim(Verbatim {
                         head,
-                        status: StatusCode::from_u16(status)
-                            .map_err(|e| Error::InvalidHead(format!("status {status}: {e}")))?,
+                        status,
                         body: if length == 0 { empty() } else { boxed(body) },
                         length,
                         close: !keep_alive,
@@ -465,7 +464,7 @@ enum Peek {
     /// body; `keep_alive`: the connection may carry another exchange.
     Verbatim {
         len: usize,
-        status: u16,
+        status: StatusCode,
         length: u64,
         keep_alive: bool,
         /// It has a `Date`.
@@ -495,16 +494,9 @@ fn verbatim_head(buf: &[u8], head_request: bool) -> Peek {
     let (Some(1), Some(code @ 200..=599)) = (resp.version, resp.code) else {
         return Peek::Other;
     };
-    // Every line ended by CRLF (`httparse` also takes bare LF, which not
-    // every client does).
-    let head = &buf[..len];
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
+    let (Ok(status), true) = (StatusCode::from_u16(code), crlf_lines(&buf[..len])) else {
         return Peek::Other;
-    }
+    };
     let mut length = None;
     let mut keep_alive = true;
     let mut dated = false;
@@ -534,14 +526,14 @@ fn verbatim_head(buf: &[u8], head_request: bool) -> Peek {
         Some(_) if code == 204 => Peek::Other,
         _ if no_body => Peek::Verbatim {
             len,
-            status: code,
+            status,
             length: 0,
             keep_alive,
             dated,
         },
         Some(length) => Peek::Verbatim {
             len,
-            status: code,
+            status,
             length,
             keep_alive,
             dated,
@@ -549,6 +541,14 @@ fn verbatim_head(buf: &[u8], head_request: bool) -> Peek {
         // Read to the close.
         None => Peek::Other,
     }
+}
+
+/// Whether every line of `head` ends with CRLF: no bare LF, which
+/// `httparse` takes and not every peer does.
+pub(crate) fn crlf_lines(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'\n' || (i > 0 && head[i - 1] == b'\r'))
 }
 
 /// A `Content-Length` value of decimal digits only (no list, no spaces).
@@ -1640,7 +1640,7 @@ mod tests {
     fn which_answers_pass_on_as_they_came() {
         let verbatim = |head: &str, length, keep_alive| Peek::Verbatim {
             len: head.find("\r\n\r\n").expect("a whole head") + 4,
-            status: head[9..12].parse().expect("a status code"),
+            status: StatusCode::from_bytes(&head.as_bytes()[9..12]).expect("a status code"),
             length,
             keep_alive,
             dated: head.to_ascii_lowercase().contains("\r\ndate:"),

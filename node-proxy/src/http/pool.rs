@@ -230,15 +230,11 @@ impl Pool {
             forgotten.retain(|w| w.strong_count() > 0);
             forgotten.push(Arc::downgrade(connector));
         }
-        let dropped: Vec<Entry> = {
-            let mut entries = self.entries.lock();
-            let keys: Vec<Key> = entries
-                .keys()
-                .filter(|key| key.connector == id)
-                .cloned()
-                .collect();
-            keys.iter().filter_map(|key| entries.remove(key)).collect()
-        };
+        let dropped: Vec<(Key, Entry)> = self
+            .entries
+            .lock()
+            .extract_if(|key, _| key.connector == id)
+            .collect();
         // Connections are dropped outside the lock.
         drop(dropped);
     }

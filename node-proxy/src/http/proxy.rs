@@ -491,10 +491,6 @@ impl HttpOutbound {
     {
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
-        // A client that asks to close gets the answer built, with its
-        // `Connection: close`.
-        let verbatim =
-            verbatim && !connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("close"));
         let span = tracing::debug_span!(
             "request",
             method = %req.method(),

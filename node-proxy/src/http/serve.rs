@@ -23,7 +23,9 @@
 //! the answer has none; `Connection: close` when the connection closes after
 //! it. An answer passed on as it came is left as it is: it has the framing
 //! it declares, its own `Date` or none, and its own `Connection: close`,
-//! after which the connection closes. While the engine works on a request,
+//! after which the connection closes; when the client asked to close and
+//! the answer does not say so, `connection: close` is added before its
+//! blank line. While the engine works on a request,
 //! the connection is watched: the client's close cancels the request, as it
 //! does under hyper.
 //!
@@ -233,12 +235,7 @@ impl RawRequest {
     /// accepts).
     pub(crate) fn is_canonical(&self) -> bool {
         let head = &self.head[..];
-        !head.starts_with(b"\r")
-            && !head.starts_with(b"\n")
-            && head
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| b != b'\n' || (i > 0 && head[i - 1] == b'\r'))
+        !head.starts_with(b"\r") && !head.starts_with(b"\n") && h1::crlf_lines(head)
     }
 
     /// The request over the shared bytes of its head; its head back when
@@ -573,11 +570,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
 
     /// Writes an answer passed on as it came (its head is the upstream's,
     /// its body exactly the length it declares); `close`: the request
-    /// asked for the connection to close. Returns whether the connection
-    /// can carry another request.
+    /// asked for the connection to close, which the answer then says too
+    /// if it does not already. Returns whether the connection can carry
+    /// another request.
     async fn write_verbatim(&mut self, answer: Verbatim, close: bool) -> io::Result<bool> {
         self.out.clear();
-        self.out.extend_from_slice(&answer.head);
+        if close && !answer.close {
+            // The head ends with its blank line (CRLF only, see
+            // `h1::verbatim_head`): the field goes before it.
+            let fields = answer.head.len() - 2;
+            self.out.extend_from_slice(&answer.head[..fields]);
+            put_field(&mut self.out, "connection", b"close");
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            self.out.extend_from_slice(&answer.head);
+        }
         let framing = match answer.length {
             0 => Framing::None,
             length => Framing::Length(length),

@@ -943,11 +943,11 @@ async fn serve_verbatim_passes_answers_on_as_they_came_and_the_rest_to_lean() {
     assert_eq!(first[1].target, "/built");
 
     // The client's own `Connection: close` closes it after an answer passed
-    // on without one.
+    // on without one, which then says so before its blank line.
     let out = run(b"GET /raw HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(
         out,
-        "HTTP/1.1 200 OK\r\nX-Case: Kept\r\nContent-Length: 5\r\n\r\nhello"
+        "HTTP/1.1 200 OK\r\nX-Case: Kept\r\nContent-Length: 5\r\nconnection: close\r\n\r\nhello"
     );
     let second = std::mem::take(&mut *offered.lock().unwrap());
     assert_eq!(second.len(), 1, "{second:#?}");
