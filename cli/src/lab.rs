@@ -49,7 +49,7 @@ pub enum LabCmd {
     /// Exits non-zero when any case failed.
     Conformance {
         /// The cases (expectations.json, base-manifests.yaml, mesh/);
-        /// default ../shared/conformance/gamma.
+        /// default conformance/gamma of the repository.
         dir: Option<PathBuf>,
         /// Run only this test (its short name, e.g. MeshBasic); repeat for more.
         #[arg(long = "test", value_name = "NAME")]

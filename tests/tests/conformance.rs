@@ -47,7 +47,7 @@ fn mesh_basic_passes_in_the_lab_and_a_wrong_expectation_fails() {
     let cfg = LabConfig::new(&name, 2, dir.path().join("lab"));
     let mut guard = Guard(Some(Lab::up(cfg).expect("lab up")));
     let lab = guard.lab();
-    let suite = conformance::default_dir().expect("the gamma suite is next to the repository");
+    let suite = conformance::default_dir().expect("the gamma suite is in the repository");
 
     let mut options = Options::new(&suite);
     options.tests = vec!["MeshBasic".into()];

@@ -1,9 +1,9 @@
 //! The L7 mesh end to end, in the lab: the timeout and retry routes of
-//! `../shared/conformance/gamma/gateway-reference/` translated to Service
+//! `conformance/gamma/gateway-reference/` translated to Service
 //! parents (GAMMA), with the upstream conformance tests' requests and
 //! expectations, plus how many attempts reached the backend and when the
 //! answer came; and the whole GAMMA conformance suite of
-//! `../shared/conformance/gamma/` through the runner `hawser lab
+//! `conformance/gamma/` through the runner `hawser lab
 //! conformance` uses. Runs as root (CI does); fails, never skips, when it
 //! cannot set up.
 //!
@@ -614,7 +614,7 @@ fn the_whole_gamma_conformance_suite_passes() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let (_dir, mut guard) = up("s");
     let lab = guard.lab();
-    let suite = conformance::default_dir().expect("the gamma suite is next to the repository");
+    let suite = conformance::default_dir().expect("the gamma suite is in the repository");
     let options = Options::new(&suite);
     let mut lines = Vec::new();
     let started = std::time::Instant::now();

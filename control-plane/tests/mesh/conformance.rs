@@ -1,4 +1,4 @@
-//! The Gateway API mesh conformance cases (../shared/conformance/gamma),
+//! The Gateway API mesh conformance cases (conformance/gamma in the repository),
 //! decided against the translated per-node config: which backend answers,
 //! which status code, which headers the backend and the client see, where a
 //! redirect points, what path the backend sees, and weight shares.
@@ -10,13 +10,13 @@ use hawser_control_plane::status::{ConditionType, Reason};
 
 use crate::support::{Leg, Mesh, Request, View, condition, shares};
 
-/// The shared conformance data next to this checkout. The package directory
+/// The conformance data of this checkout. The package directory
 /// is read at run time (cargo and nextest set it), not baked in at build
 /// time: a test binary reused from another checkout would read that one's.
 fn gamma() -> String {
     let dir = std::env::var("CARGO_MANIFEST_DIR")
         .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-    format!("{dir}/../../shared/conformance/gamma")
+    format!("{dir}/../conformance/gamma")
 }
 
 fn read(path: &str) -> String {

@@ -1,5 +1,5 @@
 //! The Gateway API mesh conformance runner (`hawser lab conformance`): the
-//! upstream mesh cases of `../shared/conformance/gamma` (see its README),
+//! upstream mesh cases kept in the repository's `conformance/gamma` (see its README),
 //! run against a lab that is up.
 //!
 //! For each test the runner applies the base manifests (their Namespaces
@@ -33,9 +33,9 @@ use serde_json::Value;
 use super::{Lab, LabError, Pod};
 use crate::echo::client::{Outcome, Report};
 
-/// Where the cases are relative to the repository (and so to the current
+/// Where the cases are in the repository (and so relative to the current
 /// directory when run from its root).
-pub const DEFAULT_DIR: &str = "../shared/conformance/gamma";
+pub const DEFAULT_DIR: &str = "conformance/gamma";
 
 /// Passes in a row a case needs (upstream `RequiredConsecutiveSuccesses`).
 pub const REQUIRED_CONSECUTIVE_PASSES: u32 = 3;
@@ -729,8 +729,8 @@ pub fn echo_client(lab: &Lab, pod: &Pod, args: &[String]) -> Result<Vec<Outcome>
 }
 
 /// The suite directory when none is given: [`DEFAULT_DIR`] from the current
-/// directory, then the one next to the package cargo runs this from (tests),
-/// then the one next to the source tree this was built from.
+/// directory, then the one of the repository whose package cargo runs this
+/// from (tests), then the one of the source tree this was built from.
 pub fn default_dir() -> Result<PathBuf, ConformanceError> {
     let mut candidates = vec![PathBuf::from(DEFAULT_DIR)];
     if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
