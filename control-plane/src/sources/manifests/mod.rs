@@ -12,6 +12,7 @@
 //! ignored.
 
 mod apiserver;
+pub mod document;
 mod parse;
 
 #[cfg(test)]
@@ -26,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 pub use apiserver::ServiceCidr;
-pub use parse::{ManifestError, ParsedFile, parse};
+pub use parse::{ManifestError, ParsedFile, parse, typed};
 
 use crate::index::{SharedIndex, Update};
 use crate::model::{Object, ObjectRef};

@@ -6,8 +6,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::document;
 
 use crate::convert::{self, FieldError};
 use crate::model::{Kind, Object, ObjectKey, ObjectRef};
@@ -61,23 +63,9 @@ pub struct ParsedFile {
 /// Reads `contents` of `file`.
 pub fn parse(file: &Path, contents: &str) -> ParsedFile {
     let mut out = ParsedFile::default();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(contents).enumerate() {
+    let (values, yaml_error) = document::documents(contents);
+    for (i, value) in values.into_iter().enumerate() {
         let document = i + 1;
-        let value = match serde_json::Value::deserialize(doc) {
-            Ok(v) => v,
-            Err(e) => {
-                out.errors.push(ManifestError {
-                    file: file.to_path_buf(),
-                    document,
-                    object: None,
-                    field: String::new(),
-                    reason: format!("invalid YAML: {e}"),
-                });
-                out.unattributed_errors = true;
-                // The parser cannot resynchronise after a syntax error.
-                break;
-            }
-        };
         if value.is_null() {
             continue;
         }
@@ -99,6 +87,17 @@ pub fn parse(file: &Path, contents: &str) -> ParsedFile {
                 }));
             }
         }
+    }
+    // The documents after a YAML error are not read (the parser cannot find them).
+    if let Some(e) = yaml_error {
+        out.errors.push(ManifestError {
+            file: file.to_path_buf(),
+            document: e.document,
+            object: None,
+            field: String::new(),
+            reason: e.to_string(),
+        });
+        out.unattributed_errors = true;
     }
     out
 }
@@ -230,15 +229,35 @@ fn document_object(mut value: serde_json::Value) -> Result<Option<Object>, DocEr
 }
 
 /// Deserializes into the Kubernetes type `T` (errors name the field path),
-/// then converts.
-fn read<T: DeserializeOwned, M>(
+/// refuses fields `T` does not have (the API server's strict field
+/// validation), then converts.
+fn read<T: DeserializeOwned + Serialize, M>(
     value: serde_json::Value,
     convert: impl Fn(&T) -> Result<M, Vec<FieldError>>,
 ) -> Result<M, Vec<FieldError>> {
+    let typed = typed::<T>(&value)?;
+    convert(&typed)
+}
+
+/// `value` as the Kubernetes type `T`, refused (every field named) when it
+/// has a field of the wrong type or one `T` does not have.
+pub fn typed<T: DeserializeOwned + Serialize>(
+    value: &serde_json::Value,
+) -> Result<T, Vec<FieldError>> {
     let typed: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         vec![FieldError::new(field, e.into_inner().to_string())]
     })?;
-    convert(&typed)
+    let known = serde_json::to_value(&typed)
+        .map_err(|e| vec![FieldError::new("", format!("cannot be written back: {e}"))])?;
+    let unknown = document::unknown_fields(value, &known);
+    if unknown.is_empty() {
+        Ok(typed)
+    } else {
+        Err(unknown
+            .into_iter()
+            .map(|field| FieldError::new(field, "unknown field"))
+            .collect())
+    }
 }

@@ -108,6 +108,22 @@ fn unidentifiable_documents_and_yaml_errors() {
 }
 
 #[test]
+fn unknown_fields_and_duplicate_keys_are_refused_like_the_api_server_does() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: shop}\nspec:\n  selecter: {app: a}\n  ports:\n  - {port: 80, targetPrt: 8080}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {a: b}\n  labels: {c: d}\n";
+    let parsed = parse(Path::new("x.yaml"), yaml);
+    assert!(parsed.objects.is_empty());
+    let errors: Vec<String> = parsed.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "x.yaml: document 1 (Service shop/a): spec.ports[0].targetPrt: unknown field",
+            "x.yaml: document 1 (Service shop/a): spec.selecter: unknown field",
+            "x.yaml: document 2: invalid YAML: metadata: duplicate entry with key \"labels\" at line 12 column 3",
+        ]
+    );
+}
+
+#[test]
 fn files_own_their_objects() {
     let dir = tempfile::tempdir().expect("tempdir");
     let index = SharedIndex::new(IndexConfig::default());

@@ -1,0 +1,215 @@
+//! Reading manifest text the way the Kubernetes API server reads a request
+//! body: YAML documents one after another, a syntax error or a duplicated
+//! key refused with its line and column, and (once a document is read into
+//! its Kubernetes type) every field the type does not have named, as
+//! `kubectl`'s strict field validation does.
+
+use std::fmt;
+
+use serde::Deserialize as _;
+use serde_json::Value;
+
+/// Why a manifest file stops being readable at some document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    /// The document the error is in, from 1.
+    pub document: usize,
+    /// Line and column of the error (1-based), when the parser knows them.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong, as the YAML parser says it.
+    pub reason: String,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The parser's message already ends with "at line L column C".
+        write!(f, "invalid YAML: {}", self.reason)
+    }
+}
+
+impl std::error::Error for YamlError {}
+
+/// The documents of a manifest file, in order, each as its JSON value
+/// (`Value::Null` for an empty document, so numbering stays 1-based and
+/// matches the file), up to the first document that is not valid YAML.
+///
+/// A syntax error ends the file: the YAML parser cannot find the next
+/// document after one (and would report the same error for ever), so the
+/// documents after it are not read. A mapping with the same key twice is an
+/// error naming the key, as the API server's decoder makes it.
+pub fn documents(text: &str) -> (Vec<Value>, Option<YamlError>) {
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let document = out.len() + 1;
+        let value = serde_yaml_ng::Value::deserialize(doc)
+            .map_err(|e| YamlError {
+                document,
+                location: e.location().map(|l| (l.line(), l.column())),
+                reason: e.to_string(),
+            })
+            .and_then(|yaml| {
+                serde_json::to_value(yaml).map_err(|e| YamlError {
+                    document,
+                    location: None,
+                    reason: format!("not representable as JSON: {e}"),
+                })
+            });
+        match value {
+            Ok(v) => out.push(v),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+/// The fields of `given` (a document as written) that are absent from
+/// `known` (the same document after a round trip through its Kubernetes
+/// type), as paths like `spec.ports[0].targetPrt`: the fields the type does
+/// not have, which the API server's strict field validation refuses.
+///
+/// A field set to `null`, `[]` or `{}` that the type leaves out when empty
+/// is not unknown (it means the same as leaving it out).
+pub fn unknown_fields(given: &Value, known: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(given, known, &mut String::new(), &mut out);
+    out
+}
+
+fn walk(given: &Value, known: &Value, path: &mut String, out: &mut Vec<String>) {
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, value) in g {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                match k.get(key) {
+                    Some(known) => walk(value, known, path, out),
+                    None if is_empty(value) => {}
+                    None => out.push(path.clone()),
+                }
+                path.truncate(len);
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (value, known)) in g.iter().zip(k).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                walk(value, known, path, out);
+                path.truncate(len);
+            }
+        }
+        // Free-form values (a string field given a number is a type error
+        // the typed read already reported) end the walk.
+        _ => {}
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: demo\nspec:\n  selector:\n    app: echo\n  ports:\n  - {name: http, port: 80, targetPort: http}\n";
+
+    #[test]
+    fn an_unclosed_flow_mapping_is_one_error_with_its_place() {
+        let text = SERVICE.replace("targetPort: http}", "targetPort: http");
+        let text = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n---\n{text}---\n{SERVICE}");
+        let (docs, error) = documents(&text);
+        assert_eq!(docs.len(), 1, "the document before the error is read");
+        let error = error.expect("a syntax error");
+        assert_eq!(error.document, 2);
+        assert_eq!(error.location, Some((16, 1)));
+        assert!(
+            error.to_string().contains("while parsing a flow mapping at line 15"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_duplicated_key_is_an_error_naming_it() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  labels: {a: b}\n  labels: {c: d}\n";
+        let (docs, error) = documents(text);
+        assert!(docs.is_empty());
+        let error = error.expect("duplicate key");
+        assert_eq!(error.document, 1);
+        assert!(
+            error.reason.contains("duplicate entry with key \"labels\""),
+            "{error}"
+        );
+        assert_eq!(error.location, Some((4, 3)));
+    }
+
+    #[test]
+    fn empty_documents_keep_their_numbers() {
+        let (docs, error) = documents("---\n---\na: 1\n");
+        assert_eq!(error, None);
+        assert_eq!(docs, [Value::Null, json!({"a": 1})]);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_by_path() {
+        let given = json!({
+            "spec": {"selecter": {"app": "x"}, "ports": [{"port": 80, "targetPrt": 8080}],
+                     "clusterIP": null, "externalIPs": []},
+            "metadata": {"name": "x", "labels": {"free": "form"}}
+        });
+        let known = json!({
+            "spec": {"ports": [{"port": 80}]},
+            "metadata": {"name": "x", "labels": {"free": "form"}}
+        });
+        assert_eq!(
+            unknown_fields(&given, &known),
+            ["spec.ports[0].targetPrt", "spec.selecter"]
+        );
+    }
+
+    /// Any prefix or byte-level mutation of a manifest is read, or refused,
+    /// in bounded time and with a bounded number of documents.
+    fn bounded(text: &str) -> Result<(), TestCaseError> {
+        let started = Instant::now();
+        let (docs, _) = documents(text);
+        prop_assert!(docs.len() <= text.matches("---").count() + 1);
+        prop_assert!(started.elapsed() < Duration::from_secs(2));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn truncated_manifests_end_quickly(cut in 0..SERVICE.len() * 2) {
+            let text = format!("{SERVICE}---\n{SERVICE}");
+            let cut = text.floor_char_boundary(cut.min(text.len()));
+            bounded(&text[..cut])?;
+        }
+
+        #[test]
+        fn mutated_manifests_end_quickly(
+            edits in prop::collection::vec((0..SERVICE.len() * 2, prop::sample::select(
+                vec!['{', '}', '[', ']', ':', '-', ' ', '\n', '"', '\'', '&', '*', '!', '#', '|', '>', '\t', 'x'])), 1..8)
+        ) {
+            let mut text = format!("{SERVICE}---\n{SERVICE}").into_bytes();
+            for (at, c) in edits {
+                let at = at % text.len();
+                text[at] = c as u8;
+            }
+            bounded(&String::from_utf8_lossy(&text))?;
+        }
+    }
+}
