@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use hawser_tests::lab::apply::Mode;
 use hawser_tests::lab::{Lab, LabConfig, LabError, conformance};
 
 /// Lab subcommands.
@@ -20,12 +21,18 @@ pub enum LabCmd {
     },
     /// Apply manifests (a file or a directory): Namespaces, Services,
     /// Deployments and Pods (created on nodes as kubelet would), HTTPRoutes,
-    /// GRPCRoutes, AuthorizationPolicies. Invalid documents are reported and
-    /// skipped; the rest applies.
+    /// GRPCRoutes, AuthorizationPolicies. Each document is checked as the
+    /// Kubernetes API server would (kind, unknown fields, namespace exists);
+    /// a refused one is reported with its file, document, field and reason
+    /// and nothing of it applies, while the valid ones do. Exits 1 when any
+    /// document was refused.
     Apply {
         /// File or directory.
         #[arg(short = 'f', long = "filename")]
         path: PathBuf,
+        /// Check every document and print what would change, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete what manifests (a file or a directory) describe: pods are
     /// removed as kubelet would (CNI DEL), objects withdrawn.
@@ -90,38 +97,49 @@ pub struct LabOpts {
     name: String,
 }
 
+impl LabOpts {
+    /// The configuration naming this lab (enough to load one that is up).
+    pub fn config(&self) -> LabConfig {
+        LabConfig::new(&self.name, 0, &self.state_dir)
+    }
+}
+
 /// Runs one lab subcommand.
 pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
     let config = |nodes| LabConfig::new(&opts.name, nodes, &opts.state_dir);
     match cmd {
         LabCmd::Up { nodes } => {
-            println!(
+            outln!(
                 "bringing up a {nodes}-node lab in {}",
                 opts.state_dir.display()
-            );
+            )?;
             let mut cfg = config(nodes);
-            cfg.progress = Some(|step| println!("  {step}"));
+            // A closed stdout must not stop the lab half way up: progress is best effort.
+            cfg.progress = Some(|step| {
+                let _ = outln!("  {step}");
+            });
             let lab = Lab::up(cfg).context("lab up failed (everything it created was removed)")?;
-            print_status(&lab);
-            println!("\nnext: hawser lab status; hawser lab down removes it all");
+            print_status(&lab)?;
+            outln!("\nnext: hawser lab status; hawser lab down removes it all")?;
             Ok(ExitCode::SUCCESS)
         }
-        LabCmd::Apply { path } => {
+        LabCmd::Apply { path, dry_run } => {
             let mut lab = Lab::load(&config(0))?;
-            Ok(print_report(&lab.apply(&path)?))
+            let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+            print_report(&lab.apply_with(&path, mode)?)
         }
         LabCmd::Delete { path } => {
             let mut lab = Lab::load(&config(0))?;
-            Ok(print_report(&lab.delete(&path)?))
+            print_report(&lab.delete(&path)?)
         }
         LabCmd::Down => match Lab::load(&config(0)) {
             Ok(lab) => {
                 lab.down().context("lab down")?;
-                println!("lab removed");
+                outln!("lab removed")?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(LabError::NotUp(dir)) => {
-                println!("no lab is up in {}", dir.display());
+                outln!("no lab is up in {}", dir.display())?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => Err(e.into()),
@@ -130,9 +148,9 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
             let lab = Lab::load(&config(0))?;
             let status = lab.status();
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?)?;
             } else {
-                println!("{status}");
+                outln!("{status}")?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -154,9 +172,9 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
             options.keep_base = keep_base;
             let report = conformance::run(&mut lab, &options, &mut |line| eprintln!("{line}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", report.table());
+                out!("{}", report.table())?;
             }
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
@@ -185,20 +203,20 @@ pub fn run(opts: LabOpts, cmd: LabCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints what was done and what was refused; fails if anything was refused.
-fn print_report(report: &hawser_tests::lab::apply::ApplyReport) -> ExitCode {
+fn print_report(report: &hawser_tests::lab::apply::ApplyReport) -> anyhow::Result<ExitCode> {
     for line in &report.applied {
-        println!("{line}");
+        outln!("{line}")?;
     }
     for e in &report.errors {
         eprintln!("refused: {e}");
     }
-    if report.errors.is_empty() {
+    Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
-fn print_status(lab: &Lab) {
-    println!("{}", lab.status());
+fn print_status(lab: &Lab) -> anyhow::Result<()> {
+    outln!("{}", lab.status())
 }

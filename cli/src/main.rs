@@ -17,6 +17,9 @@ use hawser_api::{SpiffeId, TrustDomain};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+#[macro_use]
+mod out;
+
 mod demo;
 mod lab;
 mod status;
@@ -49,9 +52,12 @@ enum Cmd {
         /// What to show.
         #[arg(value_enum)]
         topic: status::Topic,
-        /// The admin API address.
-        #[arg(long, env = "HAWSER_ADMIN_ADDR", default_value = "127.0.0.1:15014")]
-        admin: std::net::SocketAddr,
+        /// The admin API address [default: 127.0.0.1:15014, then the
+        /// control plane of a lab that is up on this machine].
+        #[arg(long, env = "HAWSER_ADMIN_ADDR")]
+        admin: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        lab: lab::LabOpts,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -100,11 +106,31 @@ fn main() -> ExitCode {
     hawser_api::tls::install_crypto_provider();
     match run(Cli::parse()) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing to say.
+        Err(e) if e.downcast_ref::<out::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, `: `-separated, each said once: a cause whose
+/// text its parent already carries (an error that formats its source into
+/// its own message) is not repeated.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -117,8 +143,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lab { opts, command } => lab::run(opts, command),
-        Cmd::Status { topic, admin, json } => {
-            tokio::runtime::Runtime::new()?.block_on(status::show(admin, topic, json))?;
+        Cmd::Status {
+            topic,
+            admin,
+            lab,
+            json,
+        } => {
+            status::show(admin, &lab.config(), topic, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::VerifyMtls(args) => verify::run(args),
@@ -149,15 +180,15 @@ fn inspect(
         .first()
         .with_context(|| format!("{} holds no certificate", chain_path.display()))?;
     let uris = uri_sans(leaf)?;
-    println!(
+    outln!(
         "URI SANs:     {}",
         if uris.is_empty() {
             "(none)".into()
         } else {
             uris.join(", ")
         }
-    );
-    println!("chain length: {}", chain.len());
+    )?;
+    outln!("chain length: {}", chain.len())?;
     let Some(bundle_path) = bundle else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -167,11 +198,11 @@ fn inspect(
     )?;
     match verify_peer(&bundle, td, leaf, &chain[1..], UnixTime::now(), expect) {
         Ok(id) => {
-            println!("verified:     yes, as {id}");
+            outln!("verified:     yes, as {id}")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("verified:     NO: {e}");
+            outln!("verified:     NO: {e}")?;
             Ok(ExitCode::FAILURE)
         }
     }

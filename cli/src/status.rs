@@ -23,8 +23,20 @@ pub enum Topic {
     Nodes,
 }
 
-/// Fetches `topic` from the admin API at `admin` and prints it.
-pub async fn show(admin: SocketAddr, topic: Topic, json: bool) -> anyhow::Result<()> {
+/// The control plane's admin API when `--admin` is not given.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15014);
+
+/// Fetches `topic` from the admin API at `admin` and prints it. Without
+/// `admin`, the default address is tried first, then the control plane of a
+/// lab that is up on this machine (its admin API listens inside the lab's
+/// underlay namespace, out of reach from the host's).
+pub fn show(
+    admin: Option<SocketAddr>,
+    lab: &hawser_tests::lab::LabConfig,
+    topic: Topic,
+    json: bool,
+) -> anyhow::Result<()> {
     let path = match topic {
         Topic::Routes => "/status/routes",
         Topic::Policies => "/status/policies",
@@ -37,18 +49,50 @@ pub async fn show(admin: SocketAddr, topic: Topic, json: bool) -> anyhow::Result
     } else {
         "?format=text"
     };
-    let body = get(admin, &format!("{path}{query}")).await?;
-    print!("{body}");
+    let path_and_query = format!("{path}{query}");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let body = match admin {
+        Some(addr) => runtime.block_on(get(addr, &path_and_query))?,
+        None => match runtime.block_on(get(DEFAULT_ADMIN, &path_and_query)) {
+            Ok(body) => body,
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+                from_lab(lab, &path_and_query)
+                    .map_err(|lab_error| anyhow::anyhow!("{e}; {lab_error}"))?
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    out!("{body}")?;
     if !body.ends_with('\n') {
-        println!();
+        outln!()?;
     }
     Ok(())
 }
 
+/// Nothing listens at the admin address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot reach the control plane's admin API at {0} (is the control plane running? --admin ADDR)"
+)]
+struct Unreachable(SocketAddr);
+
+/// `GET path_and_query` on the admin API of the lab's control plane.
+fn from_lab(config: &hawser_tests::lab::LabConfig, path_and_query: &str) -> Result<String, String> {
+    let lab = hawser_tests::lab::Lab::load(config).map_err(|e| e.to_string())?;
+    match lab.admin_get(path_and_query) {
+        Ok((200, body)) => Ok(body),
+        Ok((code, body)) => Err(format!(
+            "the lab's control plane answered {code}: {}",
+            body.trim()
+        )),
+        Err(e) => Err(format!("the lab's control plane: {e}")),
+    }
+}
+
 async fn get(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| {
-        format!("cannot reach the control plane's admin API at {addr} (is the control plane running? --admin)")
-    })?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|_| Unreachable(addr))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .context("HTTP handshake with the admin API")?;

@@ -48,9 +48,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     opts.pcap_out = args.pcap;
     let report = verify_mtls(&lab, &opts)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", render_text(&report));
+        out!("{}", render_text(&report))?;
     }
     Ok(if report.mtls {
         ExitCode::SUCCESS

@@ -70,3 +70,38 @@ fn inspect_verifies_and_explains_refusals() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("reading /nonexistent.pem"), "{out}");
 }
+
+/// A reader that closed its end of the pipe (`hawser … | head -1`) ends the
+/// command quietly: exit 0, nothing on stderr, no panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("cluster.local");
+    let web = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/web").unwrap();
+    let leaf = dir.path().join("leaf.pem");
+    let pem = TrustBundle::from_der(pki.leaf(&web).chain().to_vec())
+        .unwrap()
+        .to_pem();
+    std::fs::write(&leaf, pem).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_hawser"))
+        .args(["cert", "inspect", leaf.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .expect("run hawser");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+/// A missing file is named once, with its cause once.
+#[test]
+fn errors_name_each_cause_once() {
+    let (code, out) = run(&["cert", "inspect", "/nonexistent/chain.pem"]);
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(
+        out.trim(),
+        "error: reading /nonexistent/chain.pem: No such file or directory (os error 2)"
+    );
+}

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
+use hawser_tests::lab::apply::Mode;
 use hawser_tests::lab::{Lab, LabConfig, LabError, sys};
 
 /// Removes the lab even when an assertion fails.
@@ -244,6 +245,55 @@ spec:
   - port: 99999
 ";
 
+/// Mistakes an API server refuses, around one valid Service; the last
+/// document's flow mapping is never closed.
+const MISTAKES: &str = "apiVersion: v1
+kind: ConfigMapp
+metadata: {name: x, namespace: shop}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: y, namespace: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: nowhere}
+spec:
+  containers: [{name: c, image: echo}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: shop}
+spec:
+  selecter: {app: echo}
+  ports: [{port: 80}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d, namespace: shop}
+spec:
+  replica: 2
+  selector: {matchLabels: {app: d}}
+  template:
+    metadata: {labels: {app: d}}
+    spec:
+      containers: [{name: c, image: echo}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: good, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{port: 81, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: typo, namespace: shop}
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: http
+";
+
 /// One HTTP/1.0 GET from inside `netns`; returns the response text.
 fn http_get(netns: &str, addr: std::net::SocketAddr) -> String {
     sys::in_netns(netns, move || {
@@ -370,6 +420,65 @@ fn apply_runs_pods_and_reports_bad_documents() {
     // Applying again changes nothing.
     let again = lab.apply(&file).expect("apply again");
     assert_eq!(lab.state().pods.len(), 2, "{:?}", again.applied);
+    assert!(
+        again
+            .applied
+            .contains(&"service shop/echo unchanged".to_owned()),
+        "{:?}",
+        again.applied
+    );
+
+    // What an API server refuses, the lab refuses, each document whole and
+    // in the file's order; a dry run changes nothing.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, MISTAKES).expect("write manifests");
+    let files_before = std::fs::read_dir(&applied).expect("applied").count();
+    let refused = lab.apply(&bad).expect("apply mistakes");
+    let reasons: Vec<&str> = refused
+        .errors
+        .iter()
+        .map(|e| e.split_once("bad.yaml: ").expect("file named").1)
+        .collect();
+    assert_eq!(reasons.len(), 6, "{reasons:#?}");
+    for (got, want) in reasons.iter().zip([
+        "document 1 (ConfigMapp shop/x): kind: no matches for kind \"ConfigMapp\" in version \"v1\"",
+        "document 2 (ConfigMap shop/y): kind: the lab does not run ConfigMap objects",
+        "document 3 (Pod nowhere/p): metadata.namespace: namespace \"nowhere\" not found",
+        "document 4 (Service shop/s): spec.selecter: unknown field",
+        "document 5 (Deployment shop/d): spec.replica: unknown field",
+        "document 7: invalid YAML: did not find expected ',' or '}' at line",
+    ]) {
+        assert!(got.starts_with(want), "{got}\n  wanted {want}");
+    }
+    assert_eq!(refused.applied, ["service shop/good created"]);
+    assert!(applied.join("service-shop-good.yaml").exists());
+    assert_eq!(lab.state().pods.len(), 2, "nothing of the refused Pod ran");
+    let dry = lab.apply_with(&file, Mode::DryRun).expect("dry run");
+    assert!(
+        dry.applied
+            .contains(&"pod shop/echo-0 unchanged (dry run)".to_owned())
+    );
+    std::fs::write(
+        &bad,
+        APP.replace(
+            "name: echo\n  namespace: shop\nspec:\n  selector",
+            "name: other\n  namespace: shop\nspec:\n  selector",
+        ),
+    )
+    .expect("write manifests");
+    let dry = lab.apply_with(&bad, Mode::DryRun).expect("dry run");
+    assert!(
+        dry.applied
+            .contains(&"service shop/other created (dry run)".to_owned()),
+        "{:?}",
+        dry.applied
+    );
+    assert!(!applied.join("service-shop-other.yaml").exists());
+    assert_eq!(
+        std::fs::read_dir(&applied).expect("applied").count(),
+        files_before + 1
+    );
+    std::fs::remove_file(applied.join("service-shop-good.yaml")).expect("withdraw good");
 
     // Delete: pods go through CNI DEL, their containers stop, objects are withdrawn.
     let echo_pids: Vec<u32> = lab

@@ -34,17 +34,109 @@ pub struct ApplyReport {
     pub errors: Vec<String>,
 }
 
+/// How `apply` treats the documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Check every document, then apply the valid ones.
+    #[default]
+    Apply,
+    /// Check every document and say what applying would change; change nothing.
+    DryRun,
+}
+
+/// Namespaces every cluster has.
+const BUILTIN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// The kinds `lab apply` takes, with their API versions.
+const LAB_KINDS: &str = "Namespace, Service, Pod (v1), Deployment (apps/v1), EndpointSlice \
+     (discovery.k8s.io/v1), HTTPRoute, GRPCRoute (gateway.networking.k8s.io/v1), \
+     AuthorizationPolicy (policy.hawser.dev/v1alpha1)";
+
+/// Kinds a Kubernetes API server serves that the lab does not run.
+const KINDS_NOT_RUN: [&str; 27] = [
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Endpoints",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "ReplicationController",
+    "LimitRange",
+    "ResourceQuota",
+    "Node",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+    "Ingress",
+    "IngressClass",
+    "NetworkPolicy",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "Gateway",
+    "GatewayClass",
+    "ReferenceGrant",
+];
+
+/// One document, checked and ready to apply.
+enum Planned {
+    Deployment(Box<Deployment>),
+    Pod(Box<K8sPod>),
+    /// An object the control plane reads (Namespace, Service, routes, policies).
+    Object {
+        kind: String,
+        namespace: String,
+        name: String,
+        doc: Value,
+    },
+}
+
 impl Lab {
-    /// Applies a manifest file, or every `*.yaml`/`*.yml` file of a directory.
+    /// Applies a manifest file, or every `*.yaml`/`*.yml` file of a directory
+    /// (see [`Lab::apply_with`]).
     pub fn apply(&mut self, path: &Path) -> Result<ApplyReport, LabError> {
+        self.apply_with(path, Mode::Apply)
+    }
+
+    /// Applies a manifest file, or every `*.yaml`/`*.yml` file of a directory.
+    /// Every document is checked as the API server would check it before
+    /// anything of it is applied; a refused document is reported and nothing
+    /// of it applies, while the valid ones do. In [`Mode::DryRun`] nothing
+    /// changes and the report says what would.
+    pub fn apply_with(&mut self, path: &Path, mode: Mode) -> Result<ApplyReport, LabError> {
         let mut report = ApplyReport::default();
+        let mut namespaces = self.namespaces();
         for file in manifest_files(path)? {
             let text = std::fs::read_to_string(&file).map_err(|e| LabError::io(&file, e))?;
-            self.apply_file(&file, &text, &mut report)?;
+            self.apply_file(&file, &text, mode, &mut namespaces, &mut report)?;
         }
-        self.sync_kube_proxy()?;
-        self.wait_synced()?;
+        if mode == Mode::Apply {
+            self.sync_kube_proxy()?;
+            self.wait_synced()?;
+        }
         Ok(report)
+    }
+
+    /// The namespaces that exist: the built-in ones and those applied.
+    fn namespaces(&self) -> std::collections::BTreeSet<String> {
+        let prefix = "namespace-_-";
+        let applied = std::fs::read_dir(self.manifests_dir().join("applied"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                Some(name.strip_prefix(prefix)?.strip_suffix(".yaml")?.to_owned())
+            });
+        BUILTIN_NAMESPACES
+            .iter()
+            .map(|n| (*n).to_owned())
+            .chain(applied)
+            .collect()
     }
 
     /// Waits until the control plane has read every manifest written so far
@@ -103,90 +195,226 @@ impl Lab {
         &mut self,
         file: &Path,
         text: &str,
+        mode: Mode,
+        namespaces: &mut std::collections::BTreeSet<String>,
         report: &mut ApplyReport,
     ) -> Result<(), LabError> {
-        // The control plane's verdict on every mesh document, by document number.
+        // The control plane's verdict on every mesh document (strict fields,
+        // YAML errors with their place), by document number.
         let parsed = hawser_control_plane::sources::manifests::parse(file, text);
-        for e in &parsed.errors {
-            report.errors.push(e.to_string());
-        }
+        // Refusals by document number, reported in the file's order.
+        let mut refused: Vec<(usize, String)> = parsed
+            .errors
+            .iter()
+            .map(|e| (e.document, e.to_string()))
+            .collect();
         let bad: std::collections::BTreeSet<usize> =
             parsed.errors.iter().map(|e| e.document).collect();
-        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(text)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap_or(Value::Null))
-            .collect();
-        let out_dir = self.manifests_dir().join("applied");
-        std::fs::create_dir_all(&out_dir).map_err(|e| LabError::io(&out_dir, e))?;
+        let (docs, _) = hawser_control_plane::sources::manifests::document::documents(text);
         for (i, doc) in docs.into_iter().enumerate() {
             let number = i + 1;
             if bad.contains(&number) || doc.is_null() {
                 continue;
             }
             let where_ = format!("{}: document {number}", file.display());
-            let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-            match kind.as_str() {
-                "Deployment" => match serde_json::from_value::<Deployment>(doc) {
-                    Ok(d) => self.apply_deployment(&d, &where_, report)?,
-                    Err(e) => report.errors.push(format!("{where_} (Deployment): {e}")),
-                },
-                "Pod" => match serde_json::from_value::<K8sPod>(doc) {
-                    Ok(p) => {
-                        let ns = p
-                            .metadata
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| "default".into());
-                        let name = p.metadata.name.clone().unwrap_or_default();
-                        let spec = p.spec.clone().unwrap_or_default();
-                        self.run_pod(&ns, &name, &p.metadata, &spec, report)?;
+            let planned = match self.check(doc, namespaces) {
+                Ok(p) => p,
+                Err(reason) => {
+                    refused.push((number, format!("{where_}{reason}")));
+                    continue;
+                }
+            };
+            self.apply_planned(planned, mode, namespaces, report)?;
+        }
+        refused.sort_by_key(|(number, _)| *number);
+        report.errors.extend(refused.into_iter().map(|(_, e)| e));
+        Ok(())
+    }
+
+    /// Checks one document as the API server would (kind, fields, namespace)
+    /// without changing anything; the error is `" (Kind ns/name): field: reason"`.
+    fn check(
+        &self,
+        doc: Value,
+        namespaces: &std::collections::BTreeSet<String>,
+    ) -> Result<Planned, String> {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let (api_version, kind) = (text(&doc["apiVersion"]), text(&doc["kind"]));
+        let name = text(&doc["metadata"]["name"]);
+        let cluster_scoped = kind == "Namespace";
+        let namespace = if cluster_scoped {
+            String::new()
+        } else {
+            doc["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned()
+        };
+        let what = format!(" ({kind} {})", object_name(&kind, &namespace, &name));
+        let field_error = |errors: Vec<hawser_control_plane::convert::FieldError>| {
+            let errors: Vec<String> = errors
+                .into_iter()
+                .map(|e| match e.field.as_str() {
+                    "" => e.reason,
+                    f => format!("{f}: {}", e.reason),
+                })
+                .collect();
+            format!("{what}: {}", errors.join("; "))
+        };
+        let planned = match (api_version.as_str(), kind.as_str()) {
+            ("apps/v1", "Deployment") => {
+                let d: Deployment =
+                    hawser_control_plane::sources::manifests::typed(&doc).map_err(field_error)?;
+                if d.spec.is_none() {
+                    return Err(format!("{what}: spec: is required"));
+                }
+                Planned::Deployment(Box::new(d))
+            }
+            // The control plane's parser has checked these strictly.
+            ("v1", "Pod") => Planned::Pod(Box::new(
+                hawser_control_plane::sources::manifests::typed(&doc).map_err(field_error)?,
+            )),
+            ("v1", "Namespace" | "Service")
+            | ("discovery.k8s.io/v1", "EndpointSlice")
+            | ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute")
+            | (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1alpha2",
+                "GRPCRoute",
+            )
+            | ("policy.hawser.dev/v1alpha1", "AuthorizationPolicy") => Planned::Object {
+                kind: kind.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                doc,
+            },
+            (_, "Deployment") => {
+                return Err(format!(
+                    "{what}: apiVersion: {api_version:?} is not a version of Deployment the lab serves (apps/v1)"
+                ));
+            }
+            (_, k) if KINDS_NOT_RUN.contains(&k) => {
+                return Err(format!(
+                    "{what}: kind: the lab does not run {k} objects (it takes {LAB_KINDS})"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{what}: kind: no matches for kind {kind:?} in version {api_version:?} (the lab takes {LAB_KINDS})"
+                ));
+            }
+        };
+        if name.is_empty() {
+            return Err(format!("{what}: metadata.name: is required"));
+        }
+        if !cluster_scoped && !namespaces.contains(&namespace) {
+            return Err(format!(
+                "{what}: metadata.namespace: namespace {namespace:?} not found (apply a Namespace named {namespace} first)"
+            ));
+        }
+        if let Planned::Object { kind, doc, .. } = &planned
+            && kind == "Service"
+            && let Err(reason) = super::kubeproxy::cluster_ip_of(&doc["spec"])
+        {
+            return Err(format!("{what}: {reason}"));
+        }
+        Ok(planned)
+    }
+
+    fn apply_planned(
+        &mut self,
+        planned: Planned,
+        mode: Mode,
+        namespaces: &mut std::collections::BTreeSet<String>,
+        report: &mut ApplyReport,
+    ) -> Result<(), LabError> {
+        let dry = if mode == Mode::DryRun {
+            " (dry run)"
+        } else {
+            ""
+        };
+        match planned {
+            Planned::Deployment(d) => self.apply_deployment(&d, mode, report),
+            Planned::Pod(p) => {
+                let ns = p
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let spec = p.spec.clone().unwrap_or_default();
+                if mode == Mode::DryRun || self.pod(&ns, &name).is_some() {
+                    let verb = if self.pod(&ns, &name).is_some() {
+                        "unchanged"
+                    } else {
+                        "created"
+                    };
+                    report.applied.push(format!("pod {ns}/{name} {verb}{dry}"));
+                    return Ok(());
+                }
+                self.run_pod(&ns, &name, &p.metadata, &spec, report)
+            }
+            Planned::Object {
+                kind,
+                namespace,
+                name,
+                mut doc,
+            } => {
+                let out_dir = self.manifests_dir().join("applied");
+                let target = out_dir.join(object_file(&kind, &namespace, &name));
+                let existing: Option<Value> = std::fs::read_to_string(&target)
+                    .ok()
+                    .and_then(|t| serde_yaml_ng::from_str(&t).ok());
+                let mut service = None;
+                if kind == "Service" {
+                    let mut svc = super::kubeproxy::service_of(&doc, &namespace, &name);
+                    // As the API server does: a ClusterIP, once allocated, is
+                    // part of the object and stays across applies.
+                    let given = super::kubeproxy::cluster_ip_of(&doc["spec"]);
+                    svc.cluster_ip = match given {
+                        Ok(Some(given)) => given,
+                        _ => self
+                            .state()
+                            .services
+                            .iter()
+                            .find(|s| s.namespace == namespace && s.name == name)
+                            .and_then(|s| s.cluster_ip),
+                    };
+                    if let Some(ip) = svc.cluster_ip {
+                        doc["spec"]["clusterIP"] = json!(ip.to_string());
                     }
-                    Err(e) => report.errors.push(format!("{where_} (Pod): {e}")),
-                },
-                _ => {
-                    let mut doc = doc;
-                    let ns = doc["metadata"]["namespace"]
-                        .as_str()
-                        .unwrap_or("default")
-                        .to_owned();
-                    let name = doc["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    if kind == "Service" {
-                        let mut svc = super::kubeproxy::service_of(&doc, &ns, &name);
-                        svc.cluster_ip = match super::kubeproxy::cluster_ip_of(&doc["spec"]) {
-                            Ok(Some(given)) => given,
-                            Ok(None) => match self
-                                .state()
-                                .services
-                                .iter()
-                                .find(|s| s.namespace == ns && s.name == name)
-                                .and_then(|s| s.cluster_ip)
-                            {
-                                Some(ip) => Some(ip),
-                                None => Some(self.allocate_cluster_ip()?),
-                            },
-                            Err(reason) => {
-                                report
-                                    .errors
-                                    .push(format!("{where_} (Service {ns}/{name}): {reason}"));
-                                continue;
-                            }
-                        };
-                        // As the API server does: the allocated ClusterIP is part of the object.
-                        if let Some(ip) = svc.cluster_ip {
+                    // Headless (`None`) or given: nothing to allocate.
+                    let allocate = matches!(given, Ok(None)) && svc.cluster_ip.is_none();
+                    service = Some((svc, allocate));
+                }
+                let verb = match &existing {
+                    None => "created",
+                    Some(old) if *old == doc => "unchanged",
+                    Some(_) => "configured",
+                };
+                let line = format!(
+                    "{} {} {verb}{dry}",
+                    kind.to_lowercase(),
+                    object_name(&kind, &namespace, &name)
+                );
+                if kind == "Namespace" {
+                    namespaces.insert(name.clone());
+                }
+                if mode == Mode::Apply {
+                    if let Some((mut svc, allocate)) = service {
+                        if allocate {
+                            let ip = self.allocate_cluster_ip()?;
+                            svc.cluster_ip = Some(ip);
                             doc["spec"]["clusterIP"] = json!(ip.to_string());
                         }
                         self.upsert_service(svc)?;
                     }
-                    write_yaml(&out_dir.join(object_file(&kind, &ns, &name)), &doc)?;
-                    report
-                        .applied
-                        .push(format!("{} {ns}/{name}", kind.to_lowercase()));
+                    std::fs::create_dir_all(&out_dir).map_err(|e| LabError::io(&out_dir, e))?;
+                    write_yaml(&target, &doc)?;
                 }
+                report.applied.push(line);
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Deletes what the manifests in `path` describe: Deployments' and Pods'
@@ -196,12 +424,22 @@ impl Lab {
         let mut report = ApplyReport::default();
         for file in manifest_files(path)? {
             let text = std::fs::read_to_string(&file).map_err(|e| LabError::io(&file, e))?;
-            for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let (docs, yaml_error) =
+                hawser_control_plane::sources::manifests::document::documents(&text);
+            if let Some(e) = yaml_error {
+                // As kubectl: a file that does not parse deletes nothing.
+                report.errors.push(format!(
+                    "{}: document {}: {e} (nothing of this file was deleted)",
+                    file.display(),
+                    e.document
+                ));
+                continue;
+            }
+            for (i, doc) in docs.into_iter().enumerate() {
+                if doc.is_null() {
+                    continue;
+                }
                 let where_ = format!("{}: document {}", file.display(), i + 1);
-                let Ok(doc) = <Value as serde::Deserialize>::deserialize(doc) else {
-                    report.errors.push(format!("{where_}: invalid YAML"));
-                    break;
-                };
                 let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
                 let ns = doc["metadata"]["namespace"]
                     .as_str()
@@ -239,12 +477,15 @@ impl Lab {
                             self.save()?;
                         }
                         match std::fs::remove_file(&target) {
-                            Ok(()) => report
-                                .applied
-                                .push(format!("deleted {} {ns}/{name}", kind.to_lowercase())),
-                            Err(_) => report
-                                .errors
-                                .push(format!("{where_}: {kind} {ns}/{name} is not in the lab")),
+                            Ok(()) => report.applied.push(format!(
+                                "{} {} deleted",
+                                kind.to_lowercase(),
+                                object_name(&kind, &ns, &name)
+                            )),
+                            Err(_) => report.errors.push(format!(
+                                "{where_}: {kind} {} is not in the lab",
+                                object_name(&kind, &ns, &name)
+                            )),
                         }
                         continue;
                     }
@@ -263,7 +504,7 @@ impl Lab {
                     // Withdraw the object first, as the API server would mark it deleting.
                     let _ = std::fs::remove_file(&object);
                     self.delete_pod(&ns, &pod)?;
-                    report.applied.push(format!("deleted pod {ns}/{pod}"));
+                    report.applied.push(format!("pod {ns}/{pod} deleted"));
                 }
             }
         }
@@ -275,7 +516,7 @@ impl Lab {
     fn apply_deployment(
         &mut self,
         d: &Deployment,
-        where_: &str,
+        mode: Mode,
         report: &mut ApplyReport,
     ) -> Result<(), LabError> {
         let ns = d
@@ -284,13 +525,28 @@ impl Lab {
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = d.metadata.name.clone().unwrap_or_default();
-        let Some(spec) = &d.spec else {
-            report
-                .errors
-                .push(format!("{where_} (Deployment {ns}/{name}): spec: missing"));
-            return Ok(());
-        };
+        let spec = d.spec.clone().unwrap_or_default();
         let replicas = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
+        let running = (0..replicas)
+            .filter(|i| self.pod(&ns, &format!("{name}-{i}")).is_some())
+            .count();
+        let verb = match running {
+            0 => "created",
+            n if n == replicas => "unchanged",
+            _ => "configured",
+        };
+        let dry = if mode == Mode::DryRun {
+            " (dry run)"
+        } else {
+            ""
+        };
+        let plural = if replicas == 1 { "replica" } else { "replicas" };
+        report.applied.push(format!(
+            "deployment {ns}/{name} {verb} ({replicas} {plural}){dry}"
+        ));
+        if mode == Mode::DryRun {
+            return Ok(());
+        }
         let template_meta = spec.template.metadata.clone().unwrap_or_default();
         let pod_spec = spec.template.spec.clone().unwrap_or_default();
         for i in 0..replicas {
@@ -300,9 +556,6 @@ impl Lab {
             }
             self.run_pod(&ns, &pod_name, &template_meta, &pod_spec, report)?;
         }
-        report
-            .applied
-            .push(format!("deployment {ns}/{name} ({replicas} replicas)"));
         Ok(())
     }
 
@@ -315,10 +568,6 @@ impl Lab {
         spec: &PodSpec,
         report: &mut ApplyReport,
     ) -> Result<(), LabError> {
-        if self.pod(ns, name).is_some() {
-            report.applied.push(format!("pod {ns}/{name} unchanged"));
-            return Ok(());
-        }
         let node = match &spec.node_name {
             Some(n) => n.clone(),
             None => {
@@ -370,7 +619,7 @@ impl Lab {
         object = pod_object(ns, name, &uid, meta, spec, &node, ip.as_deref());
         write_yaml(&path, &object)?;
         report.applied.push(format!(
-            "pod {ns}/{name} on {node} ({})",
+            "pod {ns}/{name} created on {node} ({})",
             ip.as_deref().unwrap_or("no IP")
         ));
         Ok(())
@@ -487,6 +736,16 @@ fn pod_object(
         "spec": spec,
         "status": status,
     })
+}
+
+/// How an object is named in messages: `ns/name`, or `name` for a
+/// cluster-scoped kind.
+fn object_name(kind: &str, ns: &str, name: &str) -> String {
+    if kind == "Namespace" {
+        name.to_owned()
+    } else {
+        format!("{ns}/{name}")
+    }
 }
 
 /// The file a mesh object is kept in (one object per file).

@@ -129,14 +129,18 @@ mod tests {
     #[test]
     fn an_unclosed_flow_mapping_is_one_error_with_its_place() {
         let text = SERVICE.replace("targetPort: http}", "targetPort: http");
-        let text = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n---\n{text}---\n{SERVICE}");
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n---\n{text}---\n{SERVICE}"
+        );
         let (docs, error) = documents(&text);
         assert_eq!(docs.len(), 1, "the document before the error is read");
         let error = error.expect("a syntax error");
         assert_eq!(error.document, 2);
         assert_eq!(error.location, Some((16, 1)));
         assert!(
-            error.to_string().contains("while parsing a flow mapping at line 15"),
+            error
+                .to_string()
+                .contains("while parsing a flow mapping at line 15"),
             "{error}"
         );
     }
