@@ -52,6 +52,26 @@ pub const INBOUND_CAPTURE_PORT: u16 = 15006;
 /// is never redirected.
 pub const HBONE_INBOUND_PORT: u16 = 15008;
 
+/// The node proxy's default admin API port (Prometheus metrics included);
+/// it listens in the node's namespace, and the port is reserved in pods too.
+pub const PROXY_ADMIN_PORT: u16 = 15000;
+
+/// The ports the node proxy serves or reserves in every enrolled pod. A
+/// connection, or an HBONE CONNECT, to one of them on the pod's own address
+/// or loopback would reach the proxy itself (and, dialed again, itself once
+/// more): it is refused, never forwarded.
+pub const PROXY_PORTS: [u16; 4] = [
+    PROXY_ADMIN_PORT,
+    OUTBOUND_CAPTURE_PORT,
+    INBOUND_CAPTURE_PORT,
+    HBONE_INBOUND_PORT,
+];
+
+/// Whether `port` is one of [`PROXY_PORTS`].
+pub fn is_proxy_port(port: u16) -> bool {
+    PROXY_PORTS.contains(&port)
+}
+
 /// Default path of the node proxy's CNI socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/hawser/cni.sock";
 

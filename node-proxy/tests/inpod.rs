@@ -31,7 +31,7 @@ use hawser_api::proto::discovery::{
 use hawser_node_proxy::discovery::NodeConfig;
 use hawser_node_proxy::inpod::persist::{PODS_DIR, PodRecord};
 use hawser_node_proxy::inpod::{
-    InPod, InPodSettings, NetnsId, PodContext, PodServer, PodSockets, original_dst,
+    InPod, InPodSettings, NetnsHandle, NetnsId, PodContext, PodServer, PodSockets, original_dst,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -927,4 +927,44 @@ async fn a_pod_outside_the_mesh_passes_untouched() {
     let (_conn, from) = accept_within(&node_listener).expect("the real destination accepts");
     assert_eq!(from, out.local_addr().expect("local"));
     assert!(proxy.rec.events().is_empty(), "{:?}", proxy.rec.events());
+}
+
+/// The hop marker: in a pod namespace set up for it, a connection the proxy
+/// opened (marked `PROXY_MARK`) is recognised when it reaches a listener of
+/// the same namespace; an app's connection is not, and the sysctl is the
+/// pod's own (the host's is untouched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hop_marker_recognises_the_proxys_own_connections() {
+    let pod = Netns::new("hop");
+    let host_before =
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fwmark_accept").expect("host sysctl");
+    let netns = NetnsHandle::open(&pod.path()).expect("netns handle");
+    netns
+        .run(hawser_node_proxy::inpod::mark_accepted_connections)
+        .expect("netns thread")
+        .expect("set the sysctl");
+    let out = pod.exec("sysctl", &["-n", "net.ipv4.tcp_fwmark_accept"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fwmark_accept").expect("host sysctl"),
+        host_before,
+        "the host's sysctl is not changed"
+    );
+
+    let listener = TcpListener::from_std(
+        netns
+            .bind_std(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .expect("listen in the pod"),
+    )
+    .expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    let _proxy = netns
+        .connect_tcp(addr, PROXY_MARK)
+        .await
+        .expect("proxy dial");
+    let (accepted, _) = listener.accept().await.expect("accept");
+    assert!(hawser_node_proxy::inpod::dialed_by_proxy(&accepted));
+    let _app = pod.connect(None, addr).await.expect("app connect");
+    let (accepted, _) = listener.accept().await.expect("accept");
+    assert!(!hawser_node_proxy::inpod::dialed_by_proxy(&accepted));
 }

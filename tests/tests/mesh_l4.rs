@@ -449,3 +449,151 @@ fn the_mesh_keeps_working_without_the_control_plane_and_across_a_proxy_restart()
         "traffic after the restart is HBONE again: {connections}"
     );
 }
+
+/// The node proxy's pid and its open files and resident KiB.
+fn proxy_usage(lab: &Lab, node: &str) -> (u32, usize, u64) {
+    let role = Lab::node_proxy_role(node);
+    let pid = lab
+        .state()
+        .processes
+        .iter()
+        .find(|p| p.role == role)
+        .expect("node proxy process")
+        .pid;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+    assert!(comm.starts_with("hawser-node"), "pid {pid} is {comm}");
+    (
+        pid,
+        sys::open_fds(pid).expect("fds"),
+        sys::rss_kib(pid).expect("rss"),
+    )
+}
+
+/// One metric's value from a node proxy's `/metrics`.
+fn metric(lab: &Lab, node: &str, series: &str) -> u64 {
+    let (code, body) = lab.node_proxy_get(node, "/metrics").expect("metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {body}"))
+}
+
+/// Connects from `netns` to `addr` and waits up to 3 s for the proxy to
+/// close or reset the connection; returns what ended it, or `None` when it
+/// was still open (a refused connect counts as ended).
+fn held(netns: &str, addr: SocketAddr) -> Option<String> {
+    sys::in_netns(netns, move || {
+        let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(s) => s,
+            Err(e) => return Some(format!("connect: {e}")),
+        };
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => Some("closed".into()),
+            Ok(n) => Some(format!("{n} bytes")),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
+            Err(e) => Some(e.to_string()),
+        }
+    })
+    .expect("enter netns")
+}
+
+/// A connection to a port the node proxy itself serves in a pod (15001,
+/// 15006, 15008, from an enrolled pod, from outside the mesh, over loopback
+/// in the pod itself) is refused at once and counted; it used to make the
+/// proxy dial itself until it ran out of files.
+#[test]
+fn connections_to_the_proxys_own_ports_are_refused_and_cost_nothing() {
+    let (dir, mut guard) = up("s");
+    let lab = guard.lab();
+    apply(lab, dir.path(), "app.yaml", &app());
+    let echo = lab.pod("shop", "echo").expect("echo").ip.expect("ip");
+    let (client, echo_ns) = (pod_netns(lab, "client"), pod_netns(lab, "echo"));
+    let ul = lab.state().underlay.clone().expect("underlay");
+    let served = |lab: &Lab| tcp_roundtrip(&pod_netns(lab, "client"), (echo, 9000).into(), b"ping");
+    assert_eq!(served(lab).expect("echo before"), b"ping");
+    let (pid, fds_before, rss_before) = proxy_usage(lab, "node-2");
+
+    let attempts: Vec<(&str, &str, SocketAddr)> = vec![
+        ("enrolled pod → echo:15006", &client, (echo, 15006).into()),
+        ("enrolled pod → echo:15001", &client, (echo, 15001).into()),
+        (
+            "enrolled pod → echo:15008 (HBONE CONNECT to 15008)",
+            &client,
+            (echo, 15008).into(),
+        ),
+        ("outside the mesh → echo:15006", &ul, (echo, 15006).into()),
+        ("outside the mesh → echo:15001", &ul, (echo, 15001).into()),
+        ("echo → its own IP:15006", &echo_ns, (echo, 15006).into()),
+        ("echo → its own IP:15001", &echo_ns, (echo, 15001).into()),
+        (
+            "echo → 127.0.0.1:15001",
+            &echo_ns,
+            (std::net::Ipv4Addr::LOCALHOST, 15001).into(),
+        ),
+        (
+            "echo → 127.0.0.1:15006",
+            &echo_ns,
+            (std::net::Ipv4Addr::LOCALHOST, 15006).into(),
+        ),
+    ];
+    for (what, netns, addr) in &attempts {
+        let ended = held(netns, *addr);
+        assert!(ended.is_some(), "{what}: the connection stayed open");
+    }
+    // Every attempt at once, a few times over, held while we look.
+    let holders: Vec<_> = (0..3)
+        .flat_map(|_| attempts.iter())
+        .map(|(_, netns, addr)| {
+            let (netns, addr) = (netns.to_string(), *addr);
+            std::thread::spawn(move || held(&netns, addr))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, fds_during, rss_during) = proxy_usage(lab, "node-2");
+    for h in holders {
+        assert!(
+            h.join().expect("holder").is_some(),
+            "a connection stayed open"
+        );
+    }
+    let (_, fds_after, rss_after) = proxy_usage(lab, "node-2");
+    eprintln!(
+        "node-2 proxy (pid {pid}): fds {fds_before} → {fds_during} (held) → {fds_after}; \
+         RSS {rss_before} → {rss_during} → {rss_after} KiB"
+    );
+    assert!(
+        fds_during <= fds_before + 20,
+        "fds {fds_before} → {fds_during}"
+    );
+    assert!(
+        fds_after <= fds_before + 5,
+        "fds {fds_before} → {fds_after}"
+    );
+    assert!(
+        rss_after <= rss_before + rss_before / 10 + 2048,
+        "RSS {rss_before} → {rss_after} KiB"
+    );
+    // Counted where refused: inbound on node-2, the loopback ones outbound.
+    assert!(
+        metric(
+            lab,
+            "node-2",
+            "hawser_self_targets_refused_total{direction=\"inbound\",check=\"port\"}"
+        ) >= 4 * 4
+    );
+    assert!(
+        metric(
+            lab,
+            "node-2",
+            "hawser_self_targets_refused_total{direction=\"outbound\",check=\"port\"}"
+        ) >= 4
+    );
+    assert_eq!(
+        served(lab).expect("echo after"),
+        b"ping",
+        "the node keeps serving"
+    );
+}

@@ -300,6 +300,22 @@ fn metrics(state: &AdminState) -> String {
         ],
     );
     counter(
+        "hawser_self_targets_refused_total",
+        "Connections and HBONE CONNECTs to the node proxy's own ports in a pod, refused \
+         (by the port check, or by the hop marker on a connection the proxy opened itself).",
+        &[
+            (
+                "direction=\"outbound\",check=\"port\"",
+                load(&s.outbound_self_targets),
+            ),
+            (
+                "direction=\"inbound\",check=\"port\"",
+                load(&s.inbound.self_targets),
+            ),
+            ("check=\"hop_marker\"", load(&s.loops_cut)),
+        ],
+    );
+    counter(
         "hawser_inbound_http_requests_total",
         "Inbound HTTP requests on HTTP ports, by authorization decision.",
         &[

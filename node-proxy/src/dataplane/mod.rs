@@ -101,6 +101,12 @@ pub struct Stats {
     pub outbound_denied: AtomicU64,
     /// Outbound connections reset because the upstream or tunnel failed.
     pub outbound_failed: AtomicU64,
+    /// Outbound connections to a port of the proxy itself in the pod (on
+    /// the pod's address or loopback), reset.
+    pub outbound_self_targets: AtomicU64,
+    /// Connections on 15001 or 15006 the proxy itself opened in the pod
+    /// (the hop marker: a loop that got past the port checks), reset.
+    pub loops_cut: AtomicU64,
     /// HBONE connections accepted (mTLS verified).
     pub hbone_accepted: AtomicU64,
     /// HBONE handshakes that failed (peer not verified, timeout, garbage).

@@ -18,7 +18,9 @@ use tokio_rustls::TlsAcceptor;
 use super::{Shared, Stats, reset};
 use crate::http::{ClientContext, UpstreamConnector, is_http};
 use crate::inbound::PodInbound;
-use crate::inpod::{DrainWatch, NetnsHandle, PodContext, PodSockets, original_dst};
+use crate::inpod::{
+    DrainWatch, NetnsHandle, PodContext, PodSockets, dialed_by_proxy, original_dst,
+};
 use crate::outbound::Route;
 use crate::relay::{Moved, relay};
 use crate::tunnel::server::ServerConfig;
@@ -154,6 +156,9 @@ impl PodRuntime {
 
     /// A connection captured on 15001.
     async fn outbound(self: Arc<Self>, client: TcpStream, client_addr: SocketAddr) {
+        if self.cut_loop(&client, client_addr) {
+            return reset(client);
+        }
         let original = match original_dst(&client) {
             Ok(addr) => addr,
             Err(e) => {
@@ -162,6 +167,11 @@ impl PodRuntime {
                 return reset(client);
             }
         };
+        if self.is_own_port(original) {
+            tracing::info!(pod = %self.name, %client_addr, %original, "outbound connection to the node proxy's own port; resetting");
+            Stats::bump(&self.shared.stats.outbound_self_targets);
+            return reset(client);
+        }
         let destinations = self.shared.destinations.borrow().clone();
         if let Some(sp) = destinations.service(original)
             && is_http(&sp.app_protocol, &sp.name)
@@ -283,8 +293,33 @@ impl PodRuntime {
         }
     }
 
+    /// Whether `addr` is a port the node proxy serves in this pod, on the
+    /// pod's address or loopback: a connection there would reach the proxy
+    /// itself, never an app.
+    fn is_own_port(&self, addr: SocketAddr) -> bool {
+        hawser_api::cni::is_proxy_port(addr.port())
+            && (addr.ip().is_loopback()
+                || addr.ip().is_unspecified()
+                || self.pod.ips.contains(&addr.ip()))
+    }
+
+    /// The hop marker: a connection on 15001 or 15006 that the proxy itself
+    /// opened in this pod is a loop (counted and logged; the caller resets it).
+    fn cut_loop(&self, client: &TcpStream, from: SocketAddr) -> bool {
+        if !dialed_by_proxy(client) {
+            return false;
+        }
+        let to = client.local_addr().ok();
+        tracing::warn!(pod = %self.name, %from, to = ?to, "connection opened by the proxy itself reached its own listener: loop cut");
+        Stats::bump(&self.shared.stats.loops_cut);
+        true
+    }
+
     /// A connection captured on 15006: plaintext from outside the mesh.
     async fn plaintext(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        if self.cut_loop(&client, peer) {
+            return reset(client);
+        }
         let target = match original_dst(&client) {
             Ok(addr) => addr,
             Err(e) => {
@@ -418,6 +453,13 @@ impl UpstreamConnector for PodConnector {
                 "the pod is no longer served",
             ));
         };
+        if pod.is_own_port(endpoint) {
+            Stats::bump(&pod.shared.stats.outbound_self_targets);
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("{endpoint} is the node proxy's own port in this pod"),
+            ));
+        }
         let route = pod
             .shared
             .destinations

@@ -57,6 +57,9 @@ pub struct InboundStats {
     pub requests_allowed: AtomicU64,
     /// HTTP requests refused by authorization (answered `403`).
     pub requests_denied: AtomicU64,
+    /// Connections and CONNECTs to a port the proxy itself serves in the
+    /// pod (15001, 15006, 15008, 15000), refused.
+    pub self_targets: AtomicU64,
 }
 
 /// The HBONE handler of one pod.
@@ -296,7 +299,11 @@ impl PodInbound {
     }
 
     fn check_target(&self, target: SocketAddr) -> Result<(), Refusal> {
-        if self.ips.contains(&target.ip()) {
+        if hawser_api::cni::is_proxy_port(target.port()) {
+            self.stats.self_targets.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(pod = %self.view.uid, %target, "refused: the target is the node proxy's own port");
+            Err(Refusal::SelfTarget(target))
+        } else if self.ips.contains(&target.ip()) {
             Ok(())
         } else {
             Err(Refusal::UnknownTarget(format!(

@@ -379,6 +379,14 @@ impl Inner {
             let _rt = self.runtime.enter();
             Ok((TcpListener::from_std(listener).map_err(err)?, second))
         };
+        // The hop marker: connections the proxy opens in the pod and that
+        // reach its own listeners are recognised by their mark.
+        match netns.run(super::netns::mark_accepted_connections) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(netns = %netns.id(), error = %e, "no hop marker in this pod: loops are cut by the port checks alone");
+            }
+        }
         let (outbound, out_fd) = open(OUTBOUND_CAPTURE_PORT)?;
         let (inbound_plain, in_fd) = open(INBOUND_CAPTURE_PORT)?;
         let (hbone, hbone_fd) = open(HBONE_INBOUND_PORT)?;

@@ -43,5 +43,7 @@ pub use handler::{
     DEFAULT_DRAIN_GRACE, DEFAULT_ENROLLMENT_WAIT, InPod, InPodError, InPodSettings, RestoreReport,
     ServeError,
 };
-pub use netns::{NetnsError, NetnsHandle, NetnsId, original_dst};
+pub use netns::{
+    NetnsError, NetnsHandle, NetnsId, dialed_by_proxy, mark_accepted_connections, original_dst,
+};
 pub use pod::{ContainerId, ContainerIdError, PodContext, PodServer, PodSockets};

@@ -342,6 +342,29 @@ fn listen_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(std::net::TcpListener::from(fd))
 }
 
+/// Makes accepted TCP connections in the namespace carry the mark of the
+/// connection request that opened them (`net.ipv4.tcp_fwmark_accept`, IPv4
+/// and IPv6), so [`dialed_by_proxy`] can tell a connection the proxy opened
+/// in this namespace from one a pod opened. Call it on the namespace's
+/// thread ([`NetnsHandle::run`]): `/proc/sys/net` is the caller's namespace.
+pub fn mark_accepted_connections() -> io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1").map_err(|e| {
+        context(
+            e,
+            format_args!("setting net.ipv4.tcp_fwmark_accept in the pod namespace"),
+        )
+    })
+}
+
+/// Whether an accepted connection was opened by the node proxy itself from
+/// this namespace (its `SO_MARK` is [`hawser_api::cni::PROXY_MARK`]; see
+/// [`mark_accepted_connections`]): the hop marker that cuts a loop of the
+/// proxy dialling its own listeners. Marks do not cross namespaces, so a
+/// connection from another pod or node never carries it.
+pub fn dialed_by_proxy(stream: &TcpStream) -> bool {
+    getsockopt(stream, sockopt::Mark).is_ok_and(|mark| mark == hawser_api::cni::PROXY_MARK)
+}
+
 /// The destination a redirected connection was originally sent to
 /// (`SO_ORIGINAL_DST`, or `IP6T_SO_ORIGINAL_DST` for IPv6), read from the
 /// connection tracking of the socket's own namespace.

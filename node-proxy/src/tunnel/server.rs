@@ -28,13 +28,17 @@ pub enum Refusal {
     /// Connecting to the target failed.
     #[error("connecting to the destination failed: {0}")]
     Unreachable(String),
+    /// The target is a port the node proxy itself serves in the pod: it
+    /// would reach the proxy again (a loop), never an app.
+    #[error("{0} is the node proxy's own port, not an app's")]
+    SelfTarget(std::net::SocketAddr),
 }
 
 impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Self::Denied(_) => StatusCode::FORBIDDEN,
-            Self::UnknownTarget(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownTarget(_) | Self::SelfTarget(_) => StatusCode::BAD_REQUEST,
             Self::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

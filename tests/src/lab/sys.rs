@@ -122,6 +122,21 @@ pub fn alive(pid: u32) -> bool {
             .unwrap_or(false)
 }
 
+/// How many files process `pid` has open (`/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> std::io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
+}
+
 /// Stops process `pid` and everything in its process group (the lab starts
 /// each process as a group leader, so a shell's children go with it):
 /// SIGTERM, then SIGKILL if the leader is still alive after `grace`; any
