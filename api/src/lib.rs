@@ -15,6 +15,7 @@ pub mod cni;
 pub mod duration;
 pub mod proto;
 pub mod protocol;
+pub mod secret;
 pub mod spiffe;
 pub mod tls;
 

@@ -135,9 +135,9 @@ impl LocalControlPlane {
     /// Registers `node` with bootstrap token `token`; returns the token file a
     /// node proxy would be given.
     pub fn add_node(&self, node: &str, token: &str) -> anyhow::Result<PathBuf> {
-        std::fs::write(self.dir.path().join("tokens").join(node), token)?;
+        hawser_api::secret::write_secret(&self.dir.path().join("tokens").join(node), token)?;
         let node_side = self.dir.path().join(format!("{node}.token"));
-        std::fs::write(&node_side, token)?;
+        hawser_api::secret::write_secret(&node_side, token)?;
         Ok(node_side)
     }
 

@@ -92,7 +92,7 @@ async fn bad_bootstrap_tokens_are_refused() {
     let cp = LocalControlPlane::start(100, 100).await.unwrap();
     cp.add_node("node-1", "the-real-token").unwrap();
     let wrong = cp.dir.path().join("wrong.token");
-    std::fs::write(&wrong, "a-guessed-token").unwrap();
+    hawser_api::secret::write_secret(&wrong, "a-guessed-token").unwrap();
 
     for node in ["node-1", "node-9"] {
         match cp.node_client(node, wrong.clone()).await {

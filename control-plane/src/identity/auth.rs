@@ -94,7 +94,14 @@ impl NodeAuthenticator for BootstrapTokens {
             return Err(AuthError::InvalidNodeName(claimed_node.to_owned()));
         }
         let path = self.dir.join(claimed_node);
-        let expected = match tokio::fs::read_to_string(&path).await {
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || hawser_api::secret::read_secret(&path))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+        };
+        let expected = match read {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(AuthError::UnknownNode {
@@ -118,10 +125,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node-1");
+        std::fs::write(&path, "s3cret-token\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let auth = BootstrapTokens::new(dir.path());
+        match auth.authenticate("node-1", "s3cret-token").await {
+            Err(e @ AuthError::Store { .. }) => {
+                assert!(e.to_string().contains("mode 0644"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn tokens_from_files() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("node-1"), "s3cret-token\n").unwrap();
-        std::fs::write(dir.path().join("node-2"), "").unwrap();
+        hawser_api::secret::write_secret(&dir.path().join("node-1"), "s3cret-token\n").unwrap();
+        hawser_api::secret::write_secret(&dir.path().join("node-2"), "").unwrap();
         let auth = BootstrapTokens::new(dir.path());
         assert_eq!(
             auth.authenticate("node-1", "s3cret-token").await.unwrap(),

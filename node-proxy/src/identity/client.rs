@@ -152,8 +152,11 @@ impl CaClient for ControlPlaneClient {
 }
 
 async fn node_certificate(config: &ControlPlaneConfig) -> Result<Svid, ControlPlaneError> {
-    let token = tokio::fs::read_to_string(&config.token_file)
+    let path = config.token_file.clone();
+    let token = tokio::task::spawn_blocking(move || hawser_api::secret::read_secret(&path))
         .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
         .map_err(|source| ControlPlaneError::Token {
             path: config.token_file.clone(),
             source,

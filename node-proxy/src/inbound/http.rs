@@ -5,9 +5,10 @@
 //! detected from its first bytes. Each request is authorized on its own:
 //! the L4 parts of the pod's policies (peer identity, namespace, ipBlock,
 //! port) and their L7 parts (method, path, after
-//! [`authz::normalize_path`]). A denied request is answered `403` with a
-//! short text body naming the policy (gRPC: `grpc-status` 7,
-//! PERMISSION_DENIED), logged at info with the reason and counted. An
+//! [`authz::normalize_path`]). A denied request is answered `403` with the
+//! body `RBAC: access denied`, as Envoy answers (gRPC: `grpc-status` 7,
+//! PERMISSION_DENIED); the reason, naming the policies, is logged at info
+//! and the denial counted. An
 //! allowed one is forwarded to the app in the pod's network namespace over
 //! this stream's own upstream connection, opened on the first allowed
 //! request with the bypass mark and reused while it stays open: HTTP/1.1
@@ -162,7 +163,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
 /// Why a request was answered here instead of by the app.
 #[derive(Debug, thiserror::Error)]
 enum LocalReply {
-    #[error("forbidden: {0}")]
+    /// The reason (naming the policies) is logged and counted; the client
+    /// is told only what Envoy and Istio tell it.
+    #[error("RBAC: access denied")]
     Denied(String),
     #[error("invalid request: {0}")]
     BadRequest(String),

@@ -692,9 +692,10 @@ impl Lab {
         for node in &self.state.nodes {
             let token = format!("{:032x}", rand::random::<u128>());
             let path = tokens.join(&node.name);
-            std::fs::write(&path, &token).map_err(|e| LabError::io(&path, e))?;
+            hawser_api::secret::write_secret(&path, &token).map_err(|e| LabError::io(&path, e))?;
             let node_side = self.node_dir(node).join("bootstrap-token");
-            std::fs::write(&node_side, &token).map_err(|e| LabError::io(&node_side, e))?;
+            hawser_api::secret::write_secret(&node_side, &token)
+                .map_err(|e| LabError::io(&node_side, e))?;
         }
         let arg = |p: &Path| p.display().to_string();
         let args = vec![
