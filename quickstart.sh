@@ -27,7 +27,7 @@ Then try:
   hawser lab exec routes/client -- hawser-echo client --count 100 http://echo/ | tail -1   # ~80/20 v1/v2
   hawser lab exec routes/client -- curl -s -H 'x-version: v2' http://echo/ | grep Hostname
   hawser lab exec routes/client -- curl -s -o /dev/null -w '%{http_code}\n' 'http://echo/slow?delay=2s'   # 504 after 0.5 s
-  ip netns exec hawser-ul hawser status routes                  # what the control plane accepted
+  hawser status routes                                          # what the control plane accepted
   hawser lab conformance                                        # the Gateway API mesh conformance cases
 Walk-throughs (authorization, verifying mTLS, …): examples/README.md
 Remove everything: hawser lab down

@@ -106,8 +106,10 @@ fn main() -> ExitCode {
     hawser_api::tls::install_crypto_provider();
     match run(Cli::parse()) {
         Ok(code) => code,
-        // The reader of our output went away (`| head`): nothing to say.
-        Err(e) if e.downcast_ref::<out::StdoutClosed>().is_some() => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): nothing more to
+        // say, and the exit status a shell gives a command SIGPIPE ended
+        // (128 + 13), never a success a check may not have earned.
+        Err(e) if e.downcast_ref::<out::StdoutClosed>().is_some() => ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {}", causes(&e));
             ExitCode::from(2)

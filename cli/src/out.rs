@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::{self, Write as _};
 
 /// Standard output was closed by its reader (a closed pipe): the command
-/// stops writing and exits 0, printing nothing more.
+/// stops writing and exits 141 (as if SIGPIPE had ended it), quietly.
 #[derive(Debug, thiserror::Error)]
 #[error("standard output was closed")]
 pub struct StdoutClosed;

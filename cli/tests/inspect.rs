@@ -72,7 +72,8 @@ fn inspect_verifies_and_explains_refusals() {
 }
 
 /// A reader that closed its end of the pipe (`hawser … | head -1`) ends the
-/// command quietly: exit 0, nothing on stderr, no panic.
+/// command quietly: exit 141 (what a shell reports for SIGPIPE; never 0, so
+/// a failed check is not taken for a pass), nothing on stderr, no panic.
 #[test]
 fn a_closed_stdout_ends_the_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,7 +92,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
         .output()
         .expect("run hawser");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert_eq!(stderr, "");
 }
 

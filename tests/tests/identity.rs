@@ -119,7 +119,7 @@ async fn certificate_requests_are_rate_limited_per_node() {
     // Someone guessing tokens under node-1's name exhausts the bucket of its
     // own address (the bootstrap bucket), not node-1's.
     let wrong = cp.dir.path().join("wrong.token");
-    std::fs::write(&wrong, "guess").unwrap();
+    hawser_api::secret::write_secret(&wrong, "guess").unwrap();
     let mut codes = Vec::new();
     for _ in 0..3 {
         match cp.node_client("node-1", wrong.clone()).await {

@@ -456,7 +456,7 @@ fn apply_runs_pods_and_reports_bad_documents() {
     let dry = lab.apply_with(&file, Mode::DryRun).expect("dry run");
     assert!(
         dry.applied
-            .contains(&"pod shop/echo-0 unchanged (dry run)".to_owned())
+            .contains(&"deployment shop/echo unchanged (2 replicas) (dry run)".to_owned())
     );
     std::fs::write(
         &bad,
@@ -478,7 +478,14 @@ fn apply_runs_pods_and_reports_bad_documents() {
         std::fs::read_dir(&applied).expect("applied").count(),
         files_before + 1
     );
-    std::fs::remove_file(applied.join("service-shop-good.yaml")).expect("withdraw good");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: good, namespace: shop}\n",
+    )
+    .expect("write manifests");
+    let gone = lab.delete(&good).expect("delete good");
+    assert_eq!(gone.applied, ["service shop/good deleted"]);
 
     // Delete: pods go through CNI DEL, their containers stop, objects are withdrawn.
     let echo_pids: Vec<u32> = lab

@@ -210,9 +210,11 @@ impl Lab {
             .collect();
         let bad: std::collections::BTreeSet<usize> =
             parsed.errors.iter().map(|e| e.document).collect();
-        let (docs, _) = hawser_control_plane::sources::manifests::document::documents(text);
+        let docs = hawser_control_plane::sources::manifests::document::documents(text);
         for (i, doc) in docs.into_iter().enumerate() {
             let number = i + 1;
+            // YAML errors are among the control plane's errors.
+            let Ok(doc) = doc else { continue };
             if bad.contains(&number) || doc.is_null() {
                 continue;
             }
@@ -424,18 +426,22 @@ impl Lab {
         let mut report = ApplyReport::default();
         for file in manifest_files(path)? {
             let text = std::fs::read_to_string(&file).map_err(|e| LabError::io(&file, e))?;
-            let (docs, yaml_error) =
-                hawser_control_plane::sources::manifests::document::documents(&text);
-            if let Some(e) = yaml_error {
-                // As kubectl: a file that does not parse deletes nothing.
+            let docs = hawser_control_plane::sources::manifests::document::documents(&text);
+            // As kubectl: a file that does not parse deletes nothing.
+            let invalid: Vec<String> = docs
+                .iter()
+                .filter_map(|d| d.as_ref().err())
+                .map(|e| format!("{}: document {}: {e}", file.display(), e.document))
+                .collect();
+            if !invalid.is_empty() {
+                report.errors.extend(invalid);
                 report.errors.push(format!(
-                    "{}: document {}: {e} (nothing of this file was deleted)",
-                    file.display(),
-                    e.document
+                    "{}: nothing of this file was deleted",
+                    file.display()
                 ));
                 continue;
             }
-            for (i, doc) in docs.into_iter().enumerate() {
+            for (i, doc) in docs.into_iter().flatten().enumerate() {
                 if doc.is_null() {
                     continue;
                 }

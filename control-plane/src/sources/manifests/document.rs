@@ -18,12 +18,19 @@ pub struct YamlError {
     pub location: Option<(usize, usize)>,
     /// What is wrong, as the YAML parser says it.
     pub reason: String,
+    /// The parser cannot go on past this error (a syntax error): the
+    /// documents after it are not read.
+    pub ends_file: bool,
 }
 
 impl fmt::Display for YamlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The parser's message already ends with "at line L column C".
-        write!(f, "invalid YAML: {}", self.reason)
+        write!(f, "invalid YAML: {}", self.reason)?;
+        if self.ends_file {
+            write!(f, " (the documents after it were not read)")?;
+        }
+        Ok(())
     }
 }
 
@@ -31,35 +38,70 @@ impl std::error::Error for YamlError {}
 
 /// The documents of a manifest file, in order, each as its JSON value
 /// (`Value::Null` for an empty document, so numbering stays 1-based and
-/// matches the file), up to the first document that is not valid YAML.
+/// matches the file) or the reason it is not valid YAML.
 ///
-/// A syntax error ends the file: the YAML parser cannot find the next
-/// document after one (and would report the same error for ever), so the
-/// documents after it are not read. A mapping with the same key twice is an
-/// error naming the key, as the API server's decoder makes it.
-pub fn documents(text: &str) -> (Vec<Value>, Option<YamlError>) {
-    let mut out = Vec::new();
+/// A mapping with the same key twice is an error naming the key, as the API
+/// server's decoder makes it; the documents after it are read. Any other
+/// error (a syntax error, an alias to an unknown anchor) ends the file
+/// ([`YamlError::ends_file`]): the YAML parser cannot find the next document
+/// after one (it would report the same error for ever, or panic), so the
+/// documents after it are not read.
+pub fn documents(text: &str) -> Vec<Result<Value, YamlError>> {
+    let mut out: Vec<Result<Value, YamlError>> = Vec::new();
+    // A file has no more documents than lines; a parser that says otherwise
+    // is stopped.
+    let most = text.lines().count() + 1;
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         let document = out.len() + 1;
-        let value = serde_yaml_ng::Value::deserialize(doc)
+        if document > most {
+            out.push(Err(YamlError {
+                document,
+                location: None,
+                reason: format!("more documents than the file has lines ({most})"),
+                ends_file: true,
+            }));
+            break;
+        }
+        // serde_yaml_ng panics on some malformed input (a document after an
+        // alias to an unknown anchor): that is an error here, never a crash.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serde_yaml_ng::Value::deserialize(doc)
+        }));
+        let Ok(read) = read else {
+            out.push(Err(YamlError {
+                document,
+                location: None,
+                reason: "the YAML parser failed on this document".into(),
+                ends_file: true,
+            }));
+            break;
+        };
+        let value = read
             .map_err(|e| YamlError {
                 document,
                 location: e.location().map(|l| (l.line(), l.column())),
                 reason: e.to_string(),
+                // Only a duplicated key leaves the parser able to go on: it
+                // is found once the document is read whole. After any other
+                // error (syntax, an unknown anchor) the rest of the stream
+                // is not where the parser thinks it is.
+                ends_file: !e.to_string().contains("duplicate entry"),
             })
             .and_then(|yaml| {
                 serde_json::to_value(yaml).map_err(|e| YamlError {
                     document,
                     location: None,
                     reason: format!("not representable as JSON: {e}"),
+                    ends_file: false,
                 })
             });
-        match value {
-            Ok(v) => out.push(v),
-            Err(e) => return (out, Some(e)),
+        let ends_file = value.as_ref().is_err_and(|e| e.ends_file);
+        out.push(value);
+        if ends_file {
+            break;
         }
     }
-    (out, None)
+    out
 }
 
 /// The fields of `given` (a document as written) that are absent from
@@ -132,15 +174,17 @@ mod tests {
         let text = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n---\n{text}---\n{SERVICE}"
         );
-        let (docs, error) = documents(&text);
-        assert_eq!(docs.len(), 1, "the document before the error is read");
-        let error = error.expect("a syntax error");
+        let docs = documents(&text);
+        assert_eq!(docs.len(), 2, "nothing after the error is read");
+        assert!(docs[0].is_ok(), "the document before the error is read");
+        let error = docs[1].clone().expect_err("a syntax error");
         assert_eq!(error.document, 2);
+        assert!(error.ends_file);
         assert_eq!(error.location, Some((16, 1)));
         assert!(
-            error
-                .to_string()
-                .contains("while parsing a flow mapping at line 15"),
+            error.to_string().contains(
+                "while parsing a flow mapping at line 15 column 5 (the documents after it were not read)"
+            ),
             "{error}"
         );
     }
@@ -148,10 +192,12 @@ mod tests {
     #[test]
     fn a_duplicated_key_is_an_error_naming_it() {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  labels: {a: b}\n  labels: {c: d}\n";
-        let (docs, error) = documents(text);
-        assert!(docs.is_empty());
-        let error = error.expect("duplicate key");
+        let docs = documents(&format!("{text}---\n{SERVICE}"));
+        assert_eq!(docs.len(), 2, "the documents after it are read");
+        let error = docs[0].clone().expect_err("duplicate key");
         assert_eq!(error.document, 1);
+        assert!(!error.ends_file);
+        assert_eq!(docs[1].as_ref().expect("next document")["kind"], "Service");
         assert!(
             error.reason.contains("duplicate entry with key \"labels\""),
             "{error}"
@@ -160,10 +206,18 @@ mod tests {
     }
 
     #[test]
+    fn an_alias_to_an_unknown_anchor_ends_the_file_without_a_panic() {
+        let docs = documents("a: {b: *nowhere}\n---\nc: 1\n");
+        assert_eq!(docs.len(), 1);
+        let error = docs[0].clone().expect_err("unknown anchor");
+        assert!(error.ends_file);
+        assert!(error.reason.contains("unknown anchor"), "{error}");
+    }
+
+    #[test]
     fn empty_documents_keep_their_numbers() {
-        let (docs, error) = documents("---\n---\na: 1\n");
-        assert_eq!(error, None);
-        assert_eq!(docs, [Value::Null, json!({"a": 1})]);
+        let docs = documents("---\n---\na: 1\n");
+        assert_eq!(docs, [Ok(Value::Null), Ok(json!({"a": 1}))]);
     }
 
     #[test]
@@ -187,14 +241,16 @@ mod tests {
     /// in bounded time and with a bounded number of documents.
     fn bounded(text: &str) -> Result<(), TestCaseError> {
         let started = Instant::now();
-        let (docs, _) = documents(text);
-        prop_assert!(docs.len() <= text.matches("---").count() + 1);
+        let docs = documents(text);
+        prop_assert!(docs.len() <= text.lines().count() + 2);
         prop_assert!(started.elapsed() < Duration::from_secs(2));
         Ok(())
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("HAWSER_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
+        ))]
 
         #[test]
         fn truncated_manifests_end_quickly(cut in 0..SERVICE.len() * 2) {

@@ -63,12 +63,23 @@ pub struct ParsedFile {
 /// Reads `contents` of `file`.
 pub fn parse(file: &Path, contents: &str) -> ParsedFile {
     let mut out = ParsedFile::default();
-    let (values, yaml_error) = document::documents(contents);
-    for (i, value) in values.into_iter().enumerate() {
+    for (i, value) in document::documents(contents).into_iter().enumerate() {
         let document = i + 1;
-        if value.is_null() {
-            continue;
-        }
+        let value = match value {
+            Ok(v) if v.is_null() => continue,
+            Ok(v) => v,
+            Err(e) => {
+                out.errors.push(ManifestError {
+                    file: file.to_path_buf(),
+                    document,
+                    object: None,
+                    field: String::new(),
+                    reason: e.to_string(),
+                });
+                out.unattributed_errors = true;
+                continue;
+            }
+        };
         match document_object(value) {
             Ok(Some(object)) => out.objects.push((document, object)),
             Ok(None) => {}
@@ -87,17 +98,6 @@ pub fn parse(file: &Path, contents: &str) -> ParsedFile {
                 }));
             }
         }
-    }
-    // The documents after a YAML error are not read (the parser cannot find them).
-    if let Some(e) = yaml_error {
-        out.errors.push(ManifestError {
-            file: file.to_path_buf(),
-            document: e.document,
-            object: None,
-            field: String::new(),
-            reason: e.to_string(),
-        });
-        out.unattributed_errors = true;
     }
     out
 }

@@ -207,10 +207,11 @@ async fn edits_reach_the_index_within_a_second_and_invalid_edits_keep_the_last_v
 
     std::fs::write(&file, SVC).expect("write");
     within(second, "create", || ports_of(&index) == Some(vec![80])).await;
-    assert!(
-        versions.has_changed().expect("index alive"),
-        "subscribers are woken"
-    );
+    // The version is published just after the state it names.
+    within(second, "subscribers are woken", || {
+        versions.has_changed().expect("index alive")
+    })
+    .await;
     versions.mark_unchanged();
 
     std::fs::write(&file, SVC.replace("port: 80", "port: 8080")).expect("write");

@@ -674,7 +674,10 @@ async fn plain_requests_and_their_answers_pass_through_unchanged() {
     .await;
     assert!(denied.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{denied}");
     // The body says no more than Envoy's would: the policy is in the log.
-    assert!(denied.ends_with("\r\n\r\nRBAC: access denied\n"), "{denied}");
+    assert!(
+        denied.ends_with("\r\n\r\nRBAC: access denied\n"),
+        "{denied}"
+    );
     assert!(!denied.contains("shop/allow-reads"), "{denied}");
     // A chunked answer is parsed and framed again (its request went as it
     // came).
