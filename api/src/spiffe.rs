@@ -1,7 +1,10 @@
 //! SPIFFE IDs: `spiffe://<trust-domain>/<path>`, parsed strictly.
 //!
 //! Hawser names workloads `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`
-//! (Istio-compatible) and node proxies `spiffe://<trust-domain>/hawser/node/<node>`.
+//! (Istio-compatible), node proxies `spiffe://<trust-domain>/hawser/node/<node>`
+//! and the control plane `spiffe://<trust-domain>/hawser/control-plane`. The
+//! `/hawser/` paths are the mesh's own and outside the workload space: no
+//! pod's namespace and service account can name them.
 //! Parsing follows the SPIFFE ID specification and rejects anything that is not
 //! already in canonical form (uppercase trust domains, `.`/`..` segments,
 //! percent-encoding, empty segments, trailing slashes, …) instead of normalising
@@ -17,10 +20,9 @@ pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
 const SCHEME: &str = "spiffe://";
 
-/// Namespace the control plane runs in.
-pub const CONTROL_PLANE_NAMESPACE: &str = "hawser-system";
-/// Service account of the control plane.
-pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "hawser-control-plane";
+/// The first path segment of the mesh's own identities (nodes, the control
+/// plane), which no workload identity has.
+pub const RESERVED_SEGMENT: &str = "hawser";
 
 /// Why a string is not a canonical SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,12 +185,26 @@ impl SpiffeId {
         Self::parse(&format!("{SCHEME}{td}/hawser/node/{node}"))
     }
 
-    /// The control plane's identity, `spiffe://<td>/ns/hawser-system/sa/hawser-control-plane`,
-    /// which node proxies require of the server they fetch certificates and config from.
+    /// The control plane's identity, `spiffe://<td>/hawser/control-plane`,
+    /// which node proxies require of the server they fetch certificates and
+    /// config from. It is outside the workload space, so no pod (whatever its
+    /// namespace and service account) can be issued it.
     pub fn control_plane(td: &TrustDomain) -> Self {
         // Constant, canonical segments under an already validated trust domain.
-        Self::workload(td, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT)
+        Self::parse(&format!("{SCHEME}{td}/{RESERVED_SEGMENT}/control-plane"))
             .unwrap_or_else(|e| unreachable!("constant control plane identity: {e}"))
+    }
+
+    /// Whether this is a workload identity (`/ns/<namespace>/sa/<sa>`), the
+    /// only kind a pod may present or be issued.
+    pub fn is_workload(&self) -> bool {
+        self.workload_parts().is_some()
+    }
+
+    /// Whether this identity is in the mesh's own space (`/hawser/…`: node
+    /// proxies, the control plane).
+    pub fn is_reserved(&self) -> bool {
+        self.path()[1..].split('/').next() == Some(RESERVED_SEGMENT)
     }
 
     /// Parses `s` and requires the workload shape `/ns/<ns>/sa/<sa>`.

@@ -74,6 +74,10 @@ pub enum PeerVerifyError {
         /// Whom we got.
         actual: SpiffeId,
     },
+    /// Only a workload may connect here, and the peer is a mesh component
+    /// (a node proxy, the control plane) or otherwise not a workload.
+    #[error("peer {0} is not a workload (/ns/<namespace>/sa/<service-account>)")]
+    NotAWorkload(SpiffeId),
     /// The certificate bytes are not a well-formed X.509 certificate.
     #[error("certificate is malformed: {0}")]
     Malformed(String),
@@ -337,6 +341,7 @@ pub struct SpiffeClientVerifier {
     trust_domain: TrustDomain,
     expected: Option<SpiffeId>,
     auth: ClientAuth,
+    workloads_only: bool,
 }
 
 impl SpiffeClientVerifier {
@@ -353,7 +358,15 @@ impl SpiffeClientVerifier {
             trust_domain,
             expected,
             auth,
+            workloads_only: false,
         }
+    }
+
+    /// Accepts only workload identities (a pod's HBONE port: node proxies
+    /// and the control plane are not pod peers).
+    pub fn workloads_only(mut self) -> Self {
+        self.workloads_only = true;
+        self
     }
 }
 
@@ -372,7 +385,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        verify_for(
+        let id = verify_for(
             &self.bundle,
             &self.trust_domain,
             end_entity,
@@ -381,6 +394,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             self.expected.as_ref(),
             Usage::Client,
         )?;
+        if self.workloads_only && !id.is_workload() {
+            return Err(PeerVerifyError::NotAWorkload(id).into());
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -435,6 +451,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, me);
+    }
+
+    #[test]
+    fn a_workloads_only_verifier_refuses_mesh_components() {
+        let pki = TestPki::new("cluster.local");
+        let td = pki.trust_domain();
+        let verifier = SpiffeClientVerifier::new(
+            Arc::new(pki.bundle()),
+            td.clone(),
+            None,
+            ClientAuth::Required,
+        )
+        .workloads_only();
+        let check = |who: &SpiffeId| {
+            let leaf = pki.leaf(who);
+            verifier
+                .verify_client_cert(&leaf.chain()[0], &[], now())
+                .map(drop)
+                .map_err(|e| PeerVerifyError::from_rustls(&e).cloned())
+        };
+        assert_eq!(
+            check(&id("spiffe://cluster.local/ns/default/sa/web")),
+            Ok(())
+        );
+        for component in [
+            SpiffeId::node(&td, "node-1").expect("node id"),
+            SpiffeId::control_plane(&td),
+        ] {
+            assert_eq!(
+                check(&component),
+                Err(Some(PeerVerifyError::NotAWorkload(component.clone())))
+            );
+        }
     }
 
     #[test]

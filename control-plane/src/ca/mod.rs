@@ -59,6 +59,10 @@ pub enum CaError {
         /// This CA's trust domain.
         trust_domain: TrustDomain,
     },
+    /// The identity is the control plane's or in the mesh's own space
+    /// (other than a node proxy's): never issued from a CSR.
+    #[error("cannot issue {0}: it is reserved for the mesh's own components")]
+    Reserved(SpiffeId),
     /// The signing CA expires before a leaf could be useful.
     #[error("the signing CA certificate has expired or expires within a minute")]
     IssuerExpired,
@@ -163,8 +167,13 @@ impl Ca {
     }
 
     /// Signs a leaf for `id` with the public key of `csr_der`. Nothing else in
-    /// the CSR (subject, SANs, extensions) is used.
+    /// the CSR (subject, SANs, extensions) is used. Only workload and node
+    /// proxy identities are issued from CSRs: the control plane's identity
+    /// and any other `/hawser/` path are refused ([`CaError::Reserved`]).
     pub fn issue(&self, csr_der: &[u8], id: &SpiffeId) -> Result<Issued, CaError> {
+        if !id.is_workload() && id.node_name().is_none() {
+            return Err(CaError::Reserved(id.clone()));
+        }
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| CaError::BadCsr(e.to_string()))?;

@@ -332,3 +332,34 @@ fn root_rotation_keeps_old_leaves_valid_until_finish() {
     );
     assert!(rotate(dir.path(), &td(), RootRotation::Finish, lifetime).is_err());
 }
+
+#[test]
+fn the_mesh_components_identities_are_never_issued_from_a_csr() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::load(td(), &self_signed(dir.path()), SvidProfile::default()).unwrap();
+    let (csr, _key) = p256_csr("spiffe://cluster.local/ns/default/sa/web");
+    for reserved in [
+        SpiffeId::control_plane(&td()),
+        SpiffeId::parse("spiffe://cluster.local/hawser/anything").unwrap(),
+        SpiffeId::parse("spiffe://cluster.local/other/shape").unwrap(),
+    ] {
+        match ca.issue(&csr, &reserved) {
+            Err(CaError::Reserved(id)) => assert_eq!(id, reserved),
+            other => panic!("{reserved}: {other:?}"),
+        }
+    }
+    // Workloads and node proxies are.
+    ca.issue(&csr, &web()).expect("workload");
+    ca.issue(&csr, &SpiffeId::node(&td(), "node-1").unwrap())
+        .expect("node proxy");
+    // The control plane's own certificate is made here, not from a CSR.
+    let own = ca
+        .issue_with_new_key(&SpiffeId::control_plane(&td()))
+        .expect("control plane");
+    assert_eq!(own.id(), &SpiffeId::control_plane(&td()));
+    // A pod in hawser-system with the control plane's service account gets
+    // a workload identity, which is not the control plane's.
+    let lookalike = SpiffeId::workload(&td(), "hawser-system", "hawser-control-plane").unwrap();
+    assert!(lookalike.is_workload() && !lookalike.is_reserved());
+    assert_ne!(lookalike, SpiffeId::control_plane(&td()));
+}

@@ -96,6 +96,7 @@ fn issue_error(e: CaError) -> Status {
         CaError::BadCsr(_) | CaError::WrongKeyType(_) | CaError::ForeignTrustDomain { .. } => {
             Status::invalid_argument(e.to_string())
         }
+        CaError::Reserved(_) => Status::permission_denied(e.to_string()),
         CaError::IssuerExpired | CaError::Sign(_) | CaError::Unusable(_) => {
             tracing::error!(error = %e, "the CA cannot sign");
             Status::unavailable("the CA cannot sign right now")

@@ -427,12 +427,17 @@ impl PodRuntime {
         {
             return config.clone();
         }
-        let verifier = Arc::new(SpiffeClientVerifier::new(
-            self.shared.bundle.clone(),
-            self.shared.trust_domain.clone(),
-            None,
-            ClientAuth::Required,
-        ));
+        // Pods are reached by pods: a node proxy's or the control plane's
+        // identity is not a pod peer (policies are written for workloads).
+        let verifier = Arc::new(
+            SpiffeClientVerifier::new(
+                self.shared.bundle.clone(),
+                self.shared.trust_domain.clone(),
+                None,
+                ClientAuth::Required,
+            )
+            .workloads_only(),
+        );
         let cert = Arc::new(SingleCertAndKey::from(svid.certified_key()));
         let config = Arc::new(server_config(cert, verifier, &[b"h2"]));
         *cached = Some((svid.clone(), config.clone()));
