@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Hawser's tests and lab use (idempotent; root required).
 set -euo pipefail
-packages=(nftables iproute2 containernetworking-plugins openssl tcpdump curl iperf3 wrk procps)
+packages=(nftables iproute2 containernetworking-plugins openssl tcpdump curl iperf3 wrk procps python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

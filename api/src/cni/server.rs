@@ -1,5 +1,14 @@
-//! The node proxy's side of the CNI socket: a blocking accept loop that runs
-//! each plugin conversation on its own thread and calls a [`CniHandler`].
+//! The node proxy's side of the CNI socket: a blocking accept loop that
+//! hands each plugin conversation to one of [`WORKERS`] threads and calls a
+//! [`CniHandler`].
+//!
+//! The socket is the door to enrolling pods, so it is guarded twice: the
+//! file is mode 0600 from the moment it exists (bound under a temporary name,
+//! narrowed, then renamed into place), and each connection's peer
+//! credentials (`SO_PEERCRED`) must be root's or the proxy's own user's; any
+//! other caller is closed at once and logged. At most [`WORKERS`]
+//! conversations run at a time; further connections wait in the listen
+//! backlog.
 //!
 //! The node proxy runs [`CniServer`] on dedicated threads (the plugin talks
 //! to it during pod creation, never on the data path); tests run a real one
@@ -22,6 +31,10 @@ use proto::proxy_message::Msg as Resp;
 
 /// How long a plugin may stay silent in the middle of a conversation.
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Plugin conversations served at once (kubelet creates pods a few at a
+/// time; each conversation is short).
+pub const WORKERS: usize = 4;
 
 /// What the node proxy does with each plugin request.
 pub trait CniHandler: Send + Sync + 'static {
@@ -60,7 +73,7 @@ impl CniServer {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let listener = UnixListener::bind(path)?;
+        let listener = bind_private(path)?;
         let wake = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -97,10 +110,67 @@ impl Drop for CniServer {
     }
 }
 
+/// Binds a Unix socket at `path` that only its owner (and root) can connect
+/// to: bound under a temporary name in the same directory, narrowed to 0600,
+/// then renamed into place, so it is never reachable with a wider mode.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// Whether the peer of `stream` may talk to the node proxy: root (the
+/// container runtime runs CNI plugins as root) or the proxy's own user.
+fn trusted_peer(stream: &UnixStream) -> Result<(), String> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let own = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == own {
+        Ok(())
+    } else {
+        Err(format!(
+            "peer pid {} runs as uid {}, not root (or uid {own})",
+            cred.pid(),
+            cred.uid()
+        ))
+    }
+}
+
 fn accept_loop(listener: UnixListener, handler: Arc<dyn CniHandler>, stop: Arc<AtomicBool>) {
+    // A full queue blocks accept: the listen backlog holds the rest.
+    let (queue, jobs) = std::sync::mpsc::sync_channel::<UnixStream>(WORKERS);
+    let jobs = Arc::new(std::sync::Mutex::new(jobs));
+    let mut workers = Vec::with_capacity(WORKERS);
+    for i in 0..WORKERS {
+        let (jobs, handler) = (jobs.clone(), handler.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("cni-worker-{i}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let next = jobs.lock().map(|rx| rx.recv());
+                    let Ok(Ok(stream)) = next else { return };
+                    let _ = serve_connection(stream, handler.as_ref());
+                }
+            });
+        match worker {
+            Ok(w) => workers.push(w),
+            Err(e) => tracing::warn!(error = %e, "cannot start a CNI worker thread"),
+        }
+    }
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
-            return;
+            break;
         }
         let stream = match conn {
             Ok(stream) => stream,
@@ -110,13 +180,18 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn CniHandler>, stop: Arc<A
                 continue;
             }
         };
-        let handler = handler.clone();
-        let _ = std::thread::Builder::new()
-            .name("cni-conn".into())
-            .spawn(move || {
-                let _ = serve_connection(stream, handler.as_ref());
-            });
+        if let Err(reason) = trusted_peer(&stream) {
+            tracing::warn!(%reason, "CNI socket connection refused");
+            continue;
+        }
+        if queue.send(stream).is_err() {
+            break;
+        }
     }
+    // The workers end once the queue is dropped and their conversation (at
+    // most CONNECTION_IDLE_TIMEOUT of silence) is over; nothing waits for them.
+    drop(queue);
+    drop(workers);
 }
 
 /// Serves one plugin connection until it closes.
@@ -258,6 +333,53 @@ mod tests {
         let err = CniClient::connect(&path, timeout).unwrap_err();
         assert!(err.is_unavailable(), "{err}");
         assert!(matches!(err, ClientError::Unreachable { .. }));
+    }
+
+    /// The socket is 0600 (root and the proxy's user only), and a caller of
+    /// another user that gets to connect anyway (the mode widened by hand)
+    /// is closed without an answer. Runs as root, as CI does.
+    #[test]
+    fn only_root_or_the_proxys_user_may_talk_on_the_socket() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("cni.sock");
+        let server = CniServer::bind(&path, Arc::new(Recorder::default())).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary socket is left behind");
+        assert!(
+            CniClient::connect(&path, Duration::from_secs(5))
+                .unwrap()
+                .ping()
+                .is_ok(),
+            "root is served"
+        );
+        // As `nobody`: refused by the file mode, then (mode widened) by the
+        // peer check, which closes the connection unanswered.
+        let as_nobody = |path: &Path| {
+            let out = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import socket,sys\n\
+                     s=socket.socket(socket.AF_UNIX)\n\
+                     try:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print('connect:',e.strerror);sys.exit()\n\
+                     s.settimeout(5)\n\
+                     try:\n print('answer:',len(s.recv(100)))\nexcept OSError as e:\n print('answer:',e.strerror)",
+                ])
+                .arg(path)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .expect("python3 (apt-get install python3)");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(as_nobody(&path), "connect: Permission denied");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(as_nobody(&path), "answer: 0");
+        drop(server);
     }
 
     #[test]
