@@ -597,3 +597,157 @@ fn connections_to_the_proxys_own_ports_are_refused_and_cost_nothing() {
         "the node keeps serving"
     );
 }
+
+/// Latency of `n` requests from `netns` to `addr`, each on a new
+/// connection (GET /, answer read to its end), sorted.
+fn request_latencies(netns: &str, addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut out = sys::in_netns(netns, move || {
+        (0..n)
+            .map(|_| {
+                let start = Instant::now();
+                let mut s =
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+                    .expect("request");
+                let mut answer = Vec::new();
+                s.read_to_end(&mut answer).expect("answer");
+                assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+                start.elapsed()
+            })
+            .collect::<Vec<_>>()
+    })
+    .expect("enter netns");
+    out.sort();
+    out
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+/// 10 000 idle connections and a few hundred heads sent a byte at a time,
+/// all against one pod from one source outside the mesh: the proxy holds
+/// its caps (the source's excess is reset and counted), another pod's
+/// requests keep their p99 within 2× of the unloaded one, and when the
+/// flood goes its connections are released.
+#[test]
+fn a_connection_flood_is_capped_and_other_pods_keep_being_served() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const FLOOD: usize = 10_000;
+    const SLOW: usize = 200;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        hard >= 12_000,
+        "the test needs 12000 open files (hard limit {hard}); raise `ulimit -Hn`"
+    );
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    let (dir, mut guard) = up("f");
+    let lab = guard.lab();
+    apply(lab, dir.path(), "app.yaml", &app());
+    let echo = lab.pod("shop", "echo").expect("echo").ip.expect("ip");
+    let client = pod_netns(lab, "client");
+    let service: SocketAddr = (vip(lab, "echo"), 80).into();
+    let ul = lab.state().underlay.clone().expect("underlay");
+    // Warm up, then the unloaded latency.
+    request_latencies(&client, service, 50);
+    let unloaded = request_latencies(&client, service, 400);
+    let (_, fds_before, _) = proxy_usage(lab, "node-2");
+
+    // The flood, from the underlay (outside the mesh) to echo's HTTP port.
+    let target: SocketAddr = (echo, 8080).into();
+    let flood = sys::in_netns(&ul, move || {
+        // Connections over the cap may be reset before connect returns.
+        let mut held = Vec::with_capacity(FLOOD + SLOW);
+        let mut reset = 0;
+        for i in 0..FLOOD + SLOW {
+            match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+                Ok(s) => held.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => reset += 1,
+                Err(e) => panic!("flood connect {i}: {e}"),
+            }
+        }
+        (held, reset)
+    })
+    .expect("enter underlay");
+    let (flood, reset_on_connect) = flood;
+    // The last ones connected are the slow heads (those still open).
+    let slow = &flood[flood.len().saturating_sub(SLOW)..];
+    let trickle = {
+        let slow: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
+        std::thread::spawn(move || {
+            let head = b"GET / HTTP/1.1\r\nHost: echo\r\nX-Slow: ";
+            for i in 0..16 {
+                for mut s in &slow {
+                    let _ = s.write_all(&head[i..=i]);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    // The proxy has taken in (or refused) the whole flood before we measure:
+    // the load is the connections held, not the burst of their arrival.
+    let settled = eventually(Duration::from_secs(20), || {
+        metric(lab, "node-2", "hawser_connections_open")
+            + metric(
+                lab,
+                "node-2",
+                "hawser_connections_refused_total{limit=\"source\"}",
+            )
+            >= (FLOOD + SLOW - reset_on_connect) as u64
+    });
+    assert!(settled.is_some(), "the proxy took in the flood");
+    let loaded = request_latencies(&client, service, 400);
+    let (_, fds_during, rss_during) = proxy_usage(lab, "node-2");
+    let open = metric(lab, "node-2", "hawser_connections_open");
+    let per_source = metric(lab, "node-2", "hawser_connection_cap{limit=\"source\"}");
+    let refused = metric(
+        lab,
+        "node-2",
+        "hawser_connections_refused_total{limit=\"source\"}",
+    );
+    trickle.join().expect("trickle");
+    eprintln!(
+        "unloaded p50 {:?} p99 {:?}; with {} flood connections p50 {:?} p99 {:?}; node-2 proxy: \
+         fds {fds_before} → {fds_during}, RSS {rss_during} KiB, open {open}, per-source cap \
+         {per_source}, refused {refused} ({reset_on_connect} seen reset while connecting)",
+        unloaded[unloaded.len() / 2],
+        p99(&unloaded),
+        FLOOD + SLOW,
+        loaded[loaded.len() / 2],
+        p99(&loaded),
+    );
+    let flooded = (FLOOD + SLOW) as u64;
+    assert!(
+        open <= per_source + 16,
+        "the source's cap holds: {open} open"
+    );
+    assert!(
+        refused >= flooded.saturating_sub(per_source),
+        "the excess is refused and counted: {refused}"
+    );
+    // A millisecond of slack for a 2-core machine's scheduling noise.
+    let bound = 2 * p99(&unloaded).max(Duration::from_millis(1));
+    assert!(
+        p99(&loaded) <= bound,
+        "p99 {:?} under the flood, {:?} without",
+        p99(&loaded),
+        p99(&unloaded)
+    );
+
+    drop(flood);
+    let released = eventually(Duration::from_secs(10), || {
+        proxy_usage(lab, "node-2").1 <= fds_before + 5
+    });
+    assert!(
+        released.is_some(),
+        "the flood's connections are released: {} fds, {fds_before} before",
+        proxy_usage(lab, "node-2").1
+    );
+    assert_eq!(
+        tcp_roundtrip(&client, (echo, 9000).into(), b"ping").expect("echo after"),
+        b"ping"
+    );
+}

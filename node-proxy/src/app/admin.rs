@@ -299,6 +299,15 @@ fn metrics(state: &AdminState) -> String {
             ("decision=\"deny\"", load(&s.inbound.denied)),
         ],
     );
+    let limits = state.dataplane.limits();
+    counter(
+        "hawser_connections_refused_total",
+        "Connections reset on accept because the proxy holds its cap of connections, in all or from the source address.",
+        &[
+            ("limit=\"proxy\"", load(&limits.refused_total)),
+            ("limit=\"source\"", load(&limits.refused_source)),
+        ],
+    );
     counter(
         "hawser_self_targets_refused_total",
         "Connections and HBONE CONNECTs to the node proxy's own ports in a pod, refused \
@@ -373,6 +382,15 @@ fn metrics(state: &AdminState) -> String {
     out.push_str(&format!(
         "# HELP hawser_hbone_open_connections HBONE connections open.\n# TYPE hawser_hbone_open_connections gauge\nhawser_hbone_open_connections {}\n",
         state.dataplane.connections().open()
+    ));
+    let caps = limits.caps();
+    out.push_str(&format!(
+        "# HELP hawser_connections_open Connections open on pods' listeners.\n# TYPE hawser_connections_open gauge\nhawser_connections_open {}\n\
+         # HELP hawser_connection_cap The connection caps in force.\n# TYPE hawser_connection_cap gauge\n\
+         hawser_connection_cap{{limit=\"proxy\"}} {}\nhawser_connection_cap{{limit=\"source\"}} {}\n",
+        limits.open(),
+        caps.total,
+        caps.per_source
     ));
     out
 }

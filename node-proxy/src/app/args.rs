@@ -65,6 +65,21 @@ pub struct Args {
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Connections the proxy holds at once on all pods' listeners; more are
+    /// reset when accepted and counted (default: from the open-files limit,
+    /// two descriptors a connection).
+    #[arg(long, env = "HAWSER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Of those, from one source address (default: a quarter of the total).
+    #[arg(long, env = "HAWSER_MAX_CONNECTIONS_PER_SOURCE")]
+    pub max_connections_per_source: Option<usize>,
+
+    /// How long an HTTP request head may take to arrive once its first byte
+    /// has (Envoy's request_headers_timeout); a slower one gets a 408.
+    #[arg(long, env = "HAWSER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// How long upstream connects may take.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -111,6 +126,19 @@ impl Args {
             }
         };
         builder.thread_name("hawser-proxy").enable_all().build()
+    }
+
+    /// The connection caps: the flags, or defaults for `max_files` open
+    /// files.
+    pub fn connection_caps(&self, max_files: u64) -> crate::dataplane::limits::ConnectionCaps {
+        let defaults = crate::dataplane::limits::ConnectionCaps::for_file_limit(max_files);
+        let total = self.max_connections.unwrap_or(defaults.total);
+        crate::dataplane::limits::ConnectionCaps {
+            total,
+            per_source: self
+                .max_connections_per_source
+                .unwrap_or(defaults.per_source.min(total)),
+        }
     }
 
     /// The CNI socket path.

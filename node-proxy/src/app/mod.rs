@@ -80,11 +80,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let discovery_task = tokio::spawn(discovery.run(stopped.clone()));
 
+    let max_files = raise_file_limit();
+    let connection_caps = args.connection_caps(max_files);
+    tracing::info!(max_files, ?connection_caps, "connection caps");
     let certs = CertManager::new(control_plane.clone(), CertManagerConfig::default());
     let dataplane = DataPlane::new(
         DataPlaneSettings {
             idle_timeout: args.idle_timeout,
             connect_timeout: args.connect_timeout,
+            connection_caps,
+            header_read_timeout: args.header_read_timeout,
             ..DataPlaneSettings::default()
         },
         certs.clone(),
@@ -238,4 +243,24 @@ fn init_tracing(args: &Args) -> anyhow::Result<(Arc<parking_lot::Mutex<String>>,
         })
     };
     Ok((current, set))
+}
+
+/// Raises the soft open-files limit to the hard one (each proxied connection
+/// holds two descriptors) and returns the limit now in force.
+fn raise_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            1024
+        }
+    }
 }

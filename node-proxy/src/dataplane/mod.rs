@@ -34,6 +34,7 @@
 //! an idle timeout ([`crate::relay`]). When the pod drains, accepting stops
 //! at once and connections still open at the forced deadline are closed.
 
+pub mod limits;
 mod pod;
 
 use std::collections::HashSet;
@@ -71,6 +72,11 @@ pub struct DataPlaneSettings {
     pub hbone_server: ServerConfig,
     /// The HBONE client's HTTP/2 tuning.
     pub hbone_client: ClientConfig,
+    /// How long a client's HTTP request head may take once its first byte
+    /// came (inbound and outbound).
+    pub header_read_timeout: Duration,
+    /// How many connections the proxy holds at once, in all and per source.
+    pub connection_caps: limits::ConnectionCaps,
 }
 
 impl Default for DataPlaneSettings {
@@ -81,6 +87,8 @@ impl Default for DataPlaneSettings {
             tls_handshake_timeout: Duration::from_secs(10),
             hbone_server: ServerConfig::default(),
             hbone_client: ClientConfig::default(),
+            header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
+            connection_caps: limits::ConnectionCaps::for_file_limit(1024 * 1024),
         }
     }
 }
@@ -138,6 +146,7 @@ struct Shared {
     connections: Arc<ConnectionLog>,
     stats: Arc<Stats>,
     http: HttpOutbound,
+    limits: Arc<limits::ConnectionLimits>,
 }
 
 /// The node's data plane; implements [`PodServer`]. Cheap to clone.
@@ -169,13 +178,13 @@ impl DataPlane {
         let balancer = Arc::new(Balancer::default());
         let http_settings = HttpSettings {
             client_idle_timeout: settings.idle_timeout,
+            header_read_timeout: settings.header_read_timeout,
             ..HttpSettings::default()
         };
         let http = HttpOutbound::with_balancer(config.clone(), http_settings, balancer.clone());
         let destinations = spawn_destinations(config.clone(), balancer.clone());
         Self {
             shared: Arc::new(Shared {
-                settings,
                 certs,
                 bundle,
                 trust_domain,
@@ -185,6 +194,8 @@ impl DataPlane {
                 connections: Arc::default(),
                 stats: Arc::default(),
                 http,
+                limits: limits::ConnectionLimits::new(settings.connection_caps),
+                settings,
             }),
         }
     }
@@ -197,6 +208,11 @@ impl DataPlane {
     /// Node-wide counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
+    }
+
+    /// The connection caps and their counts.
+    pub fn limits(&self) -> Arc<limits::ConnectionLimits> {
+        self.shared.limits.clone()
     }
 
     /// The L7 engine (its counters).

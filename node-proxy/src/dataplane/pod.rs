@@ -15,6 +15,7 @@ use rustls::sign::SingleCertAndKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::ConnectionLimits;
 use super::{Shared, Stats, reset};
 use crate::http::{ClientContext, UpstreamConnector, is_http};
 use crate::inbound::PodInbound;
@@ -115,7 +116,8 @@ impl PodRuntime {
                 shared.config.clone(),
             )
             .with_stats(shared.stats.inbound.clone())
-            .with_idle_timeout(shared.settings.idle_timeout),
+            .with_idle_timeout(shared.settings.idle_timeout)
+            .with_header_read_timeout(shared.settings.header_read_timeout),
         );
         let this = Arc::new_cyclic(|weak| Self {
             shared,
@@ -133,15 +135,27 @@ impl PodRuntime {
             hbone,
         } = sockets;
         let drain = this.pod.drain.clone();
-        accept_loop(outbound, drain.clone(), "outbound", {
-            let this = this.clone();
-            move |s, a| this.clone().outbound(s, a)
-        });
-        accept_loop(inbound_plain, drain.clone(), "inbound plaintext", {
-            let this = this.clone();
-            move |s, a| this.clone().plaintext(s, a)
-        });
-        accept_loop(hbone, drain.clone(), "hbone", {
+        accept_loop(
+            outbound,
+            drain.clone(),
+            this.shared.limits.clone(),
+            "outbound",
+            {
+                let this = this.clone();
+                move |s, a| this.clone().outbound(s, a)
+            },
+        );
+        accept_loop(
+            inbound_plain,
+            drain.clone(),
+            this.shared.limits.clone(),
+            "inbound plaintext",
+            {
+                let this = this.clone();
+                move |s, a| this.clone().plaintext(s, a)
+            },
+        );
+        accept_loop(hbone, drain.clone(), this.shared.limits.clone(), "hbone", {
             let this = this.clone();
             move |s, a| this.clone().hbone(s, a)
         });
@@ -551,9 +565,15 @@ impl HboneHandler for Counted {
 }
 
 /// Accepts on `listener` until the pod drains; each connection runs as its
-/// own task, closed at the drain's forced deadline if still open.
-fn accept_loop<F, Fut>(listener: TcpListener, drain: DrainWatch, what: &'static str, handle: F)
-where
+/// own task, closed at the drain's forced deadline if still open. A
+/// connection over the proxy's caps ([`ConnectionLimits`]) is reset at once.
+fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    drain: DrainWatch,
+    limits: Arc<ConnectionLimits>,
+    what: &'static str,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -566,6 +586,14 @@ where
             };
             match accepted {
                 Ok((stream, addr)) => {
+                    let permit = match limits.admit(addr.ip()) {
+                        Ok(permit) => permit,
+                        Err(exceeded) => {
+                            tracing::debug!(listener = what, %addr, ?exceeded, "connection over the cap; reset");
+                            reset(stream);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let connection = handle(stream, addr);
                     let drain = drain.clone();
@@ -574,7 +602,7 @@ where
                             () = connection => {}
                             () = drain.forced() => {}
                         }
-                        drop(drain);
+                        drop((drain, permit));
                     });
                 }
                 // The in-pod layer shuts the socket down when the pod goes.

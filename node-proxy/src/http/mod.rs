@@ -57,6 +57,7 @@ pub(crate) use proxy::{HOP_BY_HOP, strip_hop_by_hop};
 pub use respond::HttpError;
 pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};
+pub use serve::{DEFAULT_HEADER_READ_TIMEOUT, ServeTimeouts};
 pub(crate) use serve::{RawRequest, serve_verbatim};
 
 /// Set by the destination node proxy on its own reply when the app refused
@@ -126,6 +127,8 @@ pub struct HttpSettings {
     /// The idle timeout of client connections, and of connections upgraded
     /// from them (`http/serve.rs` says what it cuts).
     pub client_idle_timeout: Duration,
+    /// How long a client's request head may take once its first byte came.
+    pub header_read_timeout: Duration,
     /// How long a mirrored request may take before it is abandoned.
     pub mirror_timeout: Duration,
 }
@@ -142,6 +145,7 @@ impl Default for HttpSettings {
             max_idle_per_endpoint: 32,
             idle_timeout: Duration::from_secs(90),
             client_idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
+            header_read_timeout: serve::DEFAULT_HEADER_READ_TIMEOUT,
             mirror_timeout: Duration::from_secs(10),
         }
     }

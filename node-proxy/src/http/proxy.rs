@@ -463,8 +463,11 @@ impl HttpOutbound {
         // Plain requests served in this task may get their answer as the
         // upstream wrote it.
         let lean = |req| self.respond(req, &client, true);
-        let idle = self.inner.settings.client_idle_timeout;
-        if let Err(e) = super::serve::serve(io, idle, lean, service).await {
+        let timeouts = super::serve::ServeTimeouts {
+            idle: self.inner.settings.client_idle_timeout,
+            header_read: self.inner.settings.header_read_timeout,
+        };
+        if let Err(e) = super::serve::serve(io, timeouts, lean, service).await {
             tracing::debug!(%destination, error = %e, "client HTTP connection ended");
         }
     }

@@ -75,13 +75,37 @@ const _: () = assert!(MAX_LEAN_HEAD <= u16::MAX as usize);
 /// larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
 
+/// How long a request head may take to arrive once its first byte has
+/// (Envoy's `request_headers_timeout`; by default 10 s): a head still coming
+/// in then is answered `408` and the connection closed.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The timers of a served client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeTimeouts {
+    /// Nothing moving either way for this long closes the connection.
+    pub idle: Duration,
+    /// A request head started must be complete within this long.
+    pub header_read: Duration,
+}
+
+impl From<Duration> for ServeTimeouts {
+    /// `idle`, and the default header read timeout (never longer than `idle`).
+    fn from(idle: Duration) -> Self {
+        Self {
+            idle,
+            header_read: DEFAULT_HEADER_READ_TIMEOUT.min(idle),
+        }
+    }
+}
+
 /// Serves `io` until it closes or has waited `idle` on the client: plain
 /// HTTP/1.1 requests through `lean`, and the rest of the connection, from
 /// the first other request on, through hyper's server with `service`. The
 /// error is the one that ended the connection.
 pub(crate) async fn serve<IO, L, F, S>(
     io: IO,
-    idle: Duration,
+    timeouts: impl Into<ServeTimeouts>,
     lean: L,
     service: S,
 ) -> Result<(), BoxError>
@@ -94,7 +118,7 @@ where
     S::Error: Into<BoxError>,
 {
     let never = |_: &RawRequest| None::<std::future::Ready<Answer>>;
-    serve_verbatim(io, idle, lean, never, service).await
+    serve_verbatim(io, timeouts, lean, never, service).await
 }
 
 /// [`serve`], where `verbatim` may take a plain request as it came (its
@@ -103,7 +127,7 @@ where
 /// came.
 pub(crate) async fn serve_verbatim<IO, L, F, V, G, S>(
     io: IO,
-    idle: Duration,
+    timeouts: impl Into<ServeTimeouts>,
     mut lean: L,
     mut verbatim: V,
     service: S,
@@ -118,12 +142,20 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    let mut conn = ClientConnection::new(IdleTimeout::new(io, idle));
+    let timeouts = timeouts.into();
+    let mut conn = ClientConnection::new(IdleTimeout::new(io, timeouts.idle));
     loop {
-        let raw = match conn.next_request().await? {
+        let raw = match conn.next_request(timeouts.header_read).await? {
             Next::Request(raw) => raw,
             Next::Closed => return Ok(()),
             Next::Other => break,
+            Next::HeadTimedOut => {
+                tracing::debug!("a request head took longer than the header read timeout");
+                if conn.write_error(StatusCode::REQUEST_TIMEOUT).await.is_ok() {
+                    let _ = conn.io.shutdown().await;
+                }
+                return Ok(());
+            }
         };
         let (head, close) = (raw.method == Method::HEAD, raw.close);
         let answer = match verbatim(&raw) {
@@ -163,9 +195,16 @@ where
         prefix: conn.buf.freeze(),
         io: conn.io,
     };
-    // No timer for hyper: the connection's own idle timeout applies, and
-    // hyper's head timer would cut a head still coming in.
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    // hyper's head timer bounds its heads the same way; it also runs while
+    // hyper waits for a kept-alive connection's next head, so connections
+    // hyper serves over HTTP/1.1 idle out after it (the plain requests this
+    // task serves wait for the idle timeout).
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
 }
@@ -274,6 +313,8 @@ enum Next {
     /// The connection ended between requests: the client closed it, or it
     /// was idle for the timeout.
     Closed,
+    /// A head was started but not finished within the header read timeout.
+    HeadTimedOut,
 }
 
 /// Why an answer under way was given up.
@@ -302,7 +343,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         }
     }
 
-    async fn next_request(&mut self) -> io::Result<Next> {
+    /// The next request, once its head is complete. A head must arrive
+    /// within `header_read` of its first byte (the wait for a first byte is
+    /// the connection's idle timeout).
+    async fn next_request(&mut self, header_read: Duration) -> io::Result<Next> {
+        let mut deadline = None;
         loop {
             if !self.buf.is_empty() {
                 match self.parse() {
@@ -311,7 +356,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
                     None => return Ok(Next::Other),
                 }
             }
-            let read = match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+            if !self.buf.is_empty() && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + header_read);
+            }
+            let fill = std::future::poll_fn(|cx| self.poll_fill(cx));
+            let filled = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, fill).await {
+                    Ok(filled) => filled,
+                    Err(_) => return Ok(Next::HeadTimedOut),
+                },
+                None => fill.await,
+            };
+            let read = match filled {
                 // Idle between requests: the connection's normal end.
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && self.buf.is_empty() => {
                     return Ok(Next::Closed);

@@ -68,6 +68,8 @@ pub struct PodAccess {
     /// The stream's idle timeout, also once upgraded (`http/serve.rs` says
     /// what it cuts).
     pub idle_timeout: std::time::Duration,
+    /// How long a request head may take once its first byte came.
+    pub header_read_timeout: std::time::Duration,
 }
 
 /// One admitted stream to an HTTP port, to be served as HTTP.
@@ -132,8 +134,11 @@ impl HttpStream {
         // other request on.
         let lean = |req| server.handle(req);
         let verbatim = |raw: &RawRequest| server.verbatim(raw);
-        let idle = server.stream.pod.idle_timeout;
-        let ended = crate::http::serve_verbatim(io, idle, lean, verbatim, service)
+        let timeouts = crate::http::ServeTimeouts {
+            idle: server.stream.pod.idle_timeout,
+            header_read: server.stream.pod.header_read_timeout,
+        };
+        let ended = crate::http::serve_verbatim(io, timeouts, lean, verbatim, service)
             .instrument(entered)
             .await;
         if let Err(e) = ended {

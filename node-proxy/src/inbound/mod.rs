@@ -72,6 +72,8 @@ pub struct PodInbound {
     view: Arc<PodViews>,
     /// The idle timeout of its HTTP streams.
     idle_timeout: Duration,
+    /// The header read timeout of its HTTP streams.
+    header_read_timeout: Duration,
 }
 
 /// The pod's share of one config version: how its ports are served and
@@ -200,7 +202,15 @@ impl PodInbound {
             netns,
             stats: Arc::default(),
             idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
+            header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
         }
+    }
+
+    /// Sets how long a request head on its HTTP streams may take once its
+    /// first byte came (by default 10 s).
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
     }
 
     /// Sets the idle timeout of its HTTP streams (by default
@@ -291,6 +301,7 @@ impl PodInbound {
                 view: self.view.clone(),
                 stats: self.stats.clone(),
                 idle_timeout: self.idle_timeout,
+                header_read_timeout: self.header_read_timeout,
             },
             peer.cloned(),
             peer_addr,

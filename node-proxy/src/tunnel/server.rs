@@ -118,6 +118,10 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// A stream with no bytes moving either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection that carries no stream for this long (from the
+    /// handshake on, or since its last stream ended) is closed gracefully
+    /// (GOAWAY); a client's pool opens a new one when it needs one.
+    pub no_stream_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +132,7 @@ impl Default for ServerConfig {
             connection_window: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
+            no_stream_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -157,10 +162,24 @@ where
         }
     };
     let peer = Arc::new(peer);
-    while let Some(next) = conn.accept().await {
+    let streams = Arc::new(StreamCount::default());
+    let mut closing = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            () = streams.idle_for(config.no_stream_timeout), if !closing => {
+                tracing::debug!(%peer, %peer_addr, "closing an HBONE connection that carries no stream");
+                conn.graceful_shutdown();
+                closing = true;
+                continue;
+            }
+        };
+        let Some(next) = next else { break };
         let (request, mut respond) = next?;
         let (handler, peer) = (handler.clone(), peer.clone());
+        let open = streams.open();
         tokio::spawn(async move {
+            let _open = open;
             let reply = |status: StatusCode| {
                 Response::builder()
                     .status(status)
@@ -221,4 +240,47 @@ where
         });
     }
     Ok(())
+}
+
+/// The streams of one HBONE connection in flight, and a way to wait until
+/// there has been none for a while.
+#[derive(Debug, Default)]
+struct StreamCount {
+    open: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl StreamCount {
+    /// One more stream, until the guard is dropped.
+    fn open(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenStream(self.clone())
+    }
+
+    /// Resolves once no stream has been open for `timeout` straight.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            if self.open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => return,
+                () = changed => {}
+            }
+        }
+    }
+}
+
+/// A stream's place in [`StreamCount`].
+struct OpenStream(Arc<StreamCount>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.changed.notify_waiters();
+    }
 }

@@ -88,6 +88,10 @@ struct Harness {
 }
 
 async fn harness(deny: Option<SpiffeId>) -> Harness {
+    harness_with(deny, ServerConfig::default()).await
+}
+
+async fn harness_with(deny: Option<SpiffeId>, config: ServerConfig) -> Harness {
     hawser_api::tls::install_crypto_provider();
     let pki = TestPki::new("cluster.local");
     let api_id = id("spiffe://cluster.local/ns/default/sa/api");
@@ -126,8 +130,7 @@ async fn harness(deny: Option<SpiffeId>) -> Harness {
                     let Some(peer) = peer_identity(tls.get_ref().1) else {
                         return;
                     };
-                    let _ =
-                        serve_connection(tls, peer, addr, handler, ServerConfig::default()).await;
+                    let _ = serve_connection(tls, peer, addr, handler, config).await;
                 });
             }
         });
@@ -293,4 +296,46 @@ async fn a_dead_pooled_connection_is_replaced() {
     s.read_to_end(&mut back).await.expect("read");
     assert_eq!(back, b"again");
     assert_eq!(h.accepts.load(Ordering::SeqCst), 2, "reconnected once");
+}
+
+/// A connection that carries no stream for the timeout is closed (GOAWAY);
+/// one with a stream open, however quiet, is not; the client's pool then
+/// opens a new connection for its next stream.
+#[tokio::test]
+async fn a_connection_without_streams_is_closed_after_the_timeout() {
+    let timeout = std::time::Duration::from_millis(300);
+    let h = harness_with(
+        None,
+        ServerConfig {
+            no_stream_timeout: timeout,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let pool = h.pool();
+    let key = h.key(&h.api_id);
+    let mut quiet = pool.connect(&key, &h.web, target()).await.expect("first");
+    tokio::time::sleep(timeout * 3).await;
+    quiet.write_all(b"still").await.expect("write");
+    quiet.shutdown().await.expect("shutdown");
+    let mut back = Vec::new();
+    quiet.read_to_end(&mut back).await.expect("read");
+    assert_eq!(back, b"still", "an open stream keeps its connection");
+    drop(quiet);
+    let closed = tokio::time::timeout(timeout * 10, async {
+        let mut conns = h.conns.lock().await;
+        conns.join_next().await
+    })
+    .await;
+    assert!(
+        matches!(closed, Ok(Some(Ok(())))),
+        "the connection without streams was closed: {closed:?}"
+    );
+    let mut again = pool.connect(&key, &h.web, target()).await.expect("again");
+    again.write_all(b"new").await.expect("write");
+    again.shutdown().await.expect("shutdown");
+    let mut back = Vec::new();
+    again.read_to_end(&mut back).await.expect("read");
+    assert_eq!(back, b"new");
+    assert_eq!(h.accepts.load(Ordering::SeqCst), 2, "a new connection");
 }

@@ -813,6 +813,41 @@ async fn a_stalled_head_an_unread_answer_and_an_answer_that_never_comes_time_out
     assert_timed_out(served.await.unwrap());
 }
 
+/// A head that trickles in (slowloris) gets a `408` once the header read
+/// timeout has passed since its first byte, however long the idle timeout;
+/// the wait for a first byte is the idle timeout's.
+#[tokio::test(start_paused = true)]
+async fn a_head_slower_than_the_header_read_timeout_gets_a_408() {
+    let timeouts = super::ServeTimeouts {
+        idle: IDLE,
+        header_read: Duration::from_secs(2),
+    };
+    let (client, server) = tokio::io::duplex(4096);
+    let served = tokio::spawn(serve(server, timeouts, lean, hyper_service()));
+    // Nothing yet: no head timer runs.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!served.is_finished());
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let start = tokio::time::Instant::now();
+    // A byte every second keeps the idle timer away, not the head's.
+    let writer = tokio::spawn(async move {
+        for b in b"GET /a HTTP/1.1\r\nHost: x\r\n" {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut out = Vec::new();
+    rd.read_to_end(&mut out).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let out = without_dates(&String::from_utf8(out).unwrap());
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{out}");
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    served.await.unwrap().expect("a clean close");
+    writer.abort();
+}
+
 #[tokio::test]
 async fn a_head_http_will_not_take_goes_back_to_hyper_whole() {
     // `httparse` takes these targets and `http::Uri` does not: the head is
