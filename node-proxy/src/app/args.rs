@@ -80,6 +80,18 @@ pub struct Args {
     #[arg(long, env = "HAWSER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// The protocols clients may upgrade HTTP connections to, comma
+    /// separated (Envoy's and Istio's default: websocket). A request asking
+    /// for another (h2c, …) is served as plain HTTP/1.1, its upgrade
+    /// fields removed, so no request escapes authorization after a `101`.
+    #[arg(
+        long,
+        env = "HAWSER_ALLOWED_UPGRADES",
+        default_value = "websocket",
+        value_delimiter = ','
+    )]
+    pub allowed_upgrades: Vec<String>,
+
     /// How long upstream connects may take.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

@@ -90,6 +90,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             connect_timeout: args.connect_timeout,
             connection_caps,
             header_read_timeout: args.header_read_timeout,
+            allowed_upgrades: args
+                .allowed_upgrades
+                .iter()
+                .map(|p| Box::from(p.trim()))
+                .filter(|p: &Box<str>| !p.is_empty())
+                .collect(),
             ..DataPlaneSettings::default()
         },
         certs.clone(),

@@ -75,6 +75,9 @@ pub struct DataPlaneSettings {
     /// How long a client's HTTP request head may take once its first byte
     /// came (inbound and outbound).
     pub header_read_timeout: Duration,
+    /// The protocols clients may upgrade HTTP connections to (inbound and
+    /// outbound); others are served as plain HTTP/1.1.
+    pub allowed_upgrades: Arc<[Box<str>]>,
     /// How many connections the proxy holds at once, in all and per source.
     pub connection_caps: limits::ConnectionCaps,
 }
@@ -88,6 +91,10 @@ impl Default for DataPlaneSettings {
             hbone_server: ServerConfig::default(),
             hbone_client: ClientConfig::default(),
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
+            allowed_upgrades: crate::http::DEFAULT_ALLOWED_UPGRADES
+                .iter()
+                .map(|p| Box::from(*p))
+                .collect(),
             connection_caps: limits::ConnectionCaps::for_file_limit(1024 * 1024),
         }
     }
@@ -179,6 +186,7 @@ impl DataPlane {
         let http_settings = HttpSettings {
             client_idle_timeout: settings.idle_timeout,
             header_read_timeout: settings.header_read_timeout,
+            allowed_upgrades: settings.allowed_upgrades.clone(),
             ..HttpSettings::default()
         };
         let http = HttpOutbound::with_balancer(config.clone(), http_settings, balancer.clone());

@@ -51,9 +51,10 @@ pub(crate) use body::{boxed, empty, full};
 pub(crate) use matching::is_grpc;
 pub use metrics::{HttpMetrics, MetricsSnapshot};
 pub use pool::UpstreamError;
+pub use proxy::DEFAULT_ALLOWED_UPGRADES;
 pub use proxy::HttpOutbound;
-pub(crate) use proxy::is_upgrade;
 pub(crate) use proxy::{HOP_BY_HOP, strip_hop_by_hop};
+pub(crate) use proxy::{is_upgrade, strip_upgrade, upgrade_allowed};
 pub use respond::HttpError;
 pub use retry::BudgetSettings;
 pub use routes::{Routes, ServiceKey, UpstreamProtocol};
@@ -129,6 +130,9 @@ pub struct HttpSettings {
     pub client_idle_timeout: Duration,
     /// How long a client's request head may take once its first byte came.
     pub header_read_timeout: Duration,
+    /// The protocols a client may upgrade a connection to (`Upgrade`);
+    /// requests asking for another are served as plain HTTP/1.1.
+    pub allowed_upgrades: Arc<[Box<str>]>,
     /// How long a mirrored request may take before it is abandoned.
     pub mirror_timeout: Duration,
 }
@@ -146,6 +150,10 @@ impl Default for HttpSettings {
             idle_timeout: Duration::from_secs(90),
             client_idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
             header_read_timeout: serve::DEFAULT_HEADER_READ_TIMEOUT,
+            allowed_upgrades: proxy::DEFAULT_ALLOWED_UPGRADES
+                .iter()
+                .map(|p| Box::from(*p))
+                .collect(),
             mirror_timeout: Duration::from_secs(10),
         }
     }

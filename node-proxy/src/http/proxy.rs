@@ -264,6 +264,40 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// The protocols a request may upgrade to unless configured otherwise:
+/// WebSocket only, as Envoy and Istio allow by default. `h2c` above all is
+/// not: after the `101` every HTTP/2 request on the connection would reach
+/// the app unjudged.
+pub const DEFAULT_ALLOWED_UPGRADES: &[&str] = &["websocket"];
+
+/// Whether every protocol `Upgrade` names (its name before any `/version`,
+/// case-insensitive) is on `allowed`.
+pub(crate) fn upgrade_allowed(headers: &HeaderMap, allowed: &[Box<str>]) -> bool {
+    let mut named = false;
+    for value in headers.get_all(UPGRADE) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for protocol in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let name = protocol.split('/').next().unwrap_or(protocol).trim();
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            named = true;
+        }
+    }
+    named
+}
+
+/// Takes an upgrade the allow-list does not name out of a request: its
+/// `Upgrade`, `Connection` (and the fields it names) and `HTTP2-Settings`
+/// go, and the request is served as plain HTTP/1.1 (what Envoy does with an
+/// upgrade it is not configured for).
+pub(crate) fn strip_upgrade(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers, false);
+    headers.remove("http2-settings");
+}
+
 /// The connection-specific fields besides `Connection` (RFC 9110 §7.6.1,
 /// and the obsolete `Keep-Alive` and `Proxy-Connection`), lowercase: never
 /// passed on by a proxy. `TE: trailers` is the one exception
@@ -543,7 +577,15 @@ impl HttpOutbound {
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let upgrade = if !is_upgrade(&req) {
+            None
+        } else if upgrade_allowed(req.headers(), &self.inner.settings.allowed_upgrades) {
+            Some(hyper::upgrade::on(&mut req))
+        } else {
+            tracing::debug!(upgrade = ?req.headers().get(UPGRADE), "upgrade not on the allow-list: served as plain HTTP/1.1");
+            strip_upgrade(req.headers_mut());
+            None
+        };
         let routes = self.routes();
         let (parts, body) = req.into_parts();
         let upgrading = upgrade.is_some();

@@ -49,6 +49,7 @@ use crate::authz::{self, Connection, Decision, HttpRequest};
 use crate::http::h1::Answer;
 use crate::http::{
     BoxError, HOP_BY_HOP, HttpBody, RawRequest, boxed, empty, full, h1, is_grpc, is_upgrade,
+    strip_upgrade, upgrade_allowed,
 };
 use crate::inpod::NetnsHandle;
 use crate::tunnel::{Io, ServeStream};
@@ -70,6 +71,9 @@ pub struct PodAccess {
     pub idle_timeout: std::time::Duration,
     /// How long a request head may take once its first byte came.
     pub header_read_timeout: std::time::Duration,
+    /// The protocols a client may upgrade to (the rest are served as plain
+    /// HTTP/1.1).
+    pub allowed_upgrades: Arc<[Box<str>]>,
 }
 
 /// One admitted stream to an HTTP port, to be served as HTTP.
@@ -432,7 +436,13 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         if is_upgrade(&req) {
-            return self.forward_upgrade(req).await;
+            if upgrade_allowed(req.headers(), &self.stream.pod.allowed_upgrades) {
+                return self.forward_upgrade(req).await;
+            }
+            // Not on the allow-list (h2c, …): the app gets a plain request,
+            // so everything on this connection stays judged request by request.
+            tracing::debug!(parent: &self.span, upgrade = ?req.headers().get(http::header::UPGRADE), "upgrade not on the allow-list: served as plain HTTP/1.1");
+            strip_upgrade(req.headers_mut());
         }
         strip_hop_by_hop(req.headers_mut(), false);
         let addr = self.stream.target;

@@ -74,6 +74,8 @@ pub struct PodInbound {
     idle_timeout: Duration,
     /// The header read timeout of its HTTP streams.
     header_read_timeout: Duration,
+    /// The protocols its HTTP streams may upgrade to.
+    allowed_upgrades: Arc<[Box<str>]>,
 }
 
 /// The pod's share of one config version: how its ports are served and
@@ -203,7 +205,18 @@ impl PodInbound {
             stats: Arc::default(),
             idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
+            allowed_upgrades: crate::http::DEFAULT_ALLOWED_UPGRADES
+                .iter()
+                .map(|p| Box::from(*p))
+                .collect(),
         }
+    }
+
+    /// Sets the protocols clients may upgrade its HTTP streams to (by
+    /// default WebSocket only).
+    pub fn with_allowed_upgrades(mut self, allowed: Arc<[Box<str>]>) -> Self {
+        self.allowed_upgrades = allowed;
+        self
     }
 
     /// Sets how long a request head on its HTTP streams may take once its
@@ -302,6 +315,7 @@ impl PodInbound {
                 stats: self.stats.clone(),
                 idle_timeout: self.idle_timeout,
                 header_read_timeout: self.header_read_timeout,
+                allowed_upgrades: self.allowed_upgrades.clone(),
             },
             peer.cloned(),
             peer_addr,

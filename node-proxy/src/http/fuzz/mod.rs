@@ -141,6 +141,12 @@ fn refusing() -> impl hyper::service::Service<
 /// Bytes on the wire, shown escaped in failure messages.
 struct Wire<'a>(&'a [u8]);
 
+impl PartialEq for Wire<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
 impl fmt::Debug for Wire<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "b\"{}\"", self.0.escape_ascii())

@@ -441,6 +441,97 @@ async fn upgrades_pass_through_once_authorized() {
     assert_eq!(&buf, b"ping");
 }
 
+/// An app that accepts `Upgrade: h2c` (as Tomcat and Spring Boot do): it
+/// answers `101` and takes whatever follows as HTTP/2; a request without
+/// the upgrade is answered `200` with whether any upgrade field reached it.
+async fn h2c_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 1024];
+                    let n = match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end + 4);
+                    if head.contains("\r\nupgrade: h2c") {
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    let seen = ["upgrade:", "http2-settings:"]
+                        .iter()
+                        .any(|f| head.contains(&format!("\r\n{f}")));
+                    let body = format!("upgrade fields reached the app: {seen}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `h2c` is not on the upgrade allow-list: the app gets the request without
+/// its upgrade fields, answers it as plain HTTP/1.1, and every later request
+/// on the connection is still judged (the denied path stays denied).
+#[tokio::test]
+async fn an_h2c_upgrade_is_served_as_plain_http_and_nothing_escapes_authorization() {
+    let app = h2c_app().await;
+    let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http", ""));
+    let (_, stream) = hbone(handler, id("web"), app).await;
+    let mut client = http1_client(stream.expect("stream")).await;
+    let h2c = Request::builder()
+        .uri("/api/x")
+        .header("host", "api.shop")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = client.send_request(h2c).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK, "no switch to h2c");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, "upgrade fields reached the app: false");
+    let (status, _) = send(&mut client, "POST", "/api/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the next request is judged");
+    assert!(
+        !upgrade_allowed_for(&["h2c"]),
+        "h2c is not allowed by default"
+    );
+    assert!(upgrade_allowed_for(&["websocket"]));
+    assert!(upgrade_allowed_for(&["WebSocket/13"]));
+    assert!(!upgrade_allowed_for(&["websocket, h2c"]));
+    assert!(!upgrade_allowed_for(&[]));
+}
+
+fn upgrade_allowed_for(values: &[&str]) -> bool {
+    let mut headers = http::HeaderMap::new();
+    for v in values {
+        headers.append("upgrade", http::HeaderValue::from_str(v).expect("value"));
+    }
+    let allowed: Vec<Box<str>> = crate::http::DEFAULT_ALLOWED_UPGRADES
+        .iter()
+        .map(|p| Box::from(*p))
+        .collect();
+    crate::http::upgrade_allowed(&headers, &allowed)
+}
+
 #[tokio::test]
 async fn plaintext_on_an_http_port_gets_403_not_a_reset() {
     let (app, _) = app().await;
