@@ -93,8 +93,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             allowed_upgrades: args
                 .allowed_upgrades
                 .iter()
-                .map(|p| Box::from(p.trim()))
-                .filter(|p: &Box<str>| !p.is_empty())
+                .map(|p| p.trim())
+                .filter(|p| !p.is_empty())
+                .map(Box::from)
                 .collect(),
             ..DataPlaneSettings::default()
         },
