@@ -92,6 +92,23 @@ pub struct Args {
     )]
     pub allowed_upgrades: Vec<String>,
 
+    /// How request paths are normalized before inbound authorization, with
+    /// Istio's names: `base` (RFC 3986, `\` as `/`), `merge-slashes` (also
+    /// `//` as `/`), `decode-and-merge-slashes` (also `%2F`/`%5C` decoded).
+    #[arg(
+        long,
+        env = "HAWSER_PATH_NORMALIZATION",
+        value_enum,
+        default_value = "base"
+    )]
+    pub path_normalization: PathNormalizationArg,
+
+    /// Refuse (400) paths with `%2F` or `%5C` instead of keeping them (Envoy's
+    /// `path_with_escaped_slashes_action: REJECT_REQUEST`); not with
+    /// `decode-and-merge-slashes`, which decodes them.
+    #[arg(long, env = "HAWSER_REJECT_ESCAPED_SLASHES")]
+    pub reject_escaped_slashes: bool,
+
     /// How long upstream connects may take.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -158,6 +175,44 @@ impl Args {
         self.cni_socket
             .clone()
             .unwrap_or_else(|| self.run_dir.join("cni.sock"))
+    }
+}
+
+/// `--path-normalization`, with Istio's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathNormalizationArg {
+    /// RFC 3986 normalization and `\` as `/` (Istio's BASE).
+    Base,
+    /// BASE, and `//` merged (Istio's MERGE_SLASHES).
+    MergeSlashes,
+    /// MERGE_SLASHES, and `%2F`/`%5C` decoded first (Istio's
+    /// DECODE_AND_MERGE_SLASHES).
+    DecodeAndMergeSlashes,
+}
+
+impl Args {
+    /// The path normalization the flags ask for.
+    pub fn path_normalization(&self) -> crate::authz::PathNormalization {
+        use crate::authz::{EscapedSlashes, PathNormalization};
+        let escaped = if self.reject_escaped_slashes {
+            EscapedSlashes::Reject
+        } else {
+            EscapedSlashes::Keep
+        };
+        match self.path_normalization {
+            PathNormalizationArg::Base => PathNormalization {
+                merge_slashes: false,
+                escaped_slashes: escaped,
+            },
+            PathNormalizationArg::MergeSlashes => PathNormalization {
+                merge_slashes: true,
+                escaped_slashes: escaped,
+            },
+            PathNormalizationArg::DecodeAndMergeSlashes => PathNormalization {
+                merge_slashes: true,
+                escaped_slashes: EscapedSlashes::DecodeAndMerge,
+            },
+        }
     }
 }
 

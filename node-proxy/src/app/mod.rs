@@ -90,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             connect_timeout: args.connect_timeout,
             connection_caps,
             header_read_timeout: args.header_read_timeout,
+            path_normalization: args.path_normalization(),
             allowed_upgrades: args
                 .allowed_upgrades
                 .iter()

@@ -9,10 +9,11 @@
 //!
 //! A rule matches when every part present matches: a source in `from`, the
 //! port, and on HTTP requests ([`Connection::request`] set) the method (exact,
-//! case-sensitive) and the path (exact, or element-wise prefix: `/api`
-//! matches `/api`, `/api/` and `/api/x`, not `/apix`; the prefix `/`, written
-//! `/*` in the CRD, matches every path). Paths are compared after
-//! [`normalize_path`].
+//! case-sensitive, as RFC 9110 tokens: a rule naming `GET` does not cover
+//! `HEAD`, as in Envoy and Istio; name `HEAD` too) and the path (exact, or
+//! element-wise prefix: `/api` matches `/api`, `/api/` and `/api/x`, not
+//! `/apix`; the prefix `/`, written `/*` in the CRD, matches every path).
+//! Paths are compared after [`normalize`].
 //!
 //! Without a request (a TCP port, or an HTTP port whose bytes are relayed) a
 //! rule naming methods or paths cannot be checked, so it fails closed, as
@@ -51,7 +52,7 @@ pub struct Connection<'a> {
 pub struct HttpRequest<'a> {
     /// The method as sent (`GET`).
     pub method: &'a str,
-    /// The path without query, normalized by [`normalize_path`].
+    /// The path without query, normalized by [`normalize`].
     pub path: &'a str,
 }
 
@@ -194,21 +195,111 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
     }
 }
 
-/// The path policies are matched against, as Envoy's `normalize_path` does
-/// it (RFC 3986 §6.2.2): percent-encoded unreserved characters decoded
-/// (`%2E` → `.`, `%7E` → `~`), then `.` and `..` segments removed, so that
-/// `/api/../admin` and `/api/%2e%2e/admin` are `/admin`. Other escapes
-/// (`%2F` too) are kept as sent. An empty path is `/`. `None` when the path
-/// is unchanged, to avoid an allocation on the common request.
-pub fn normalize_path(path: &str) -> Option<String> {
-    let suspicious =
-        path.contains('%') || path.split('/').any(|s| s == "." || s == "..") || path.is_empty();
+/// How request paths are normalized before they are authorized (and then
+/// forwarded, so the app routes on the path that was judged). Istio's
+/// `meshConfig.pathNormalization` names the same choices: the default is
+/// `BASE`; `merge_slashes` is `MERGE_SLASHES`; `escaped_slashes:
+/// DecodeAndMerge` is `DECODE_AND_MERGE_SLASHES`; `Reject` is Envoy's
+/// `path_with_escaped_slashes_action: REJECT_REQUEST`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathNormalization {
+    /// `//` becomes `/` (apps such as Tomcat and Spring merge them).
+    pub merge_slashes: bool,
+    /// What happens to `%2F` and `%5C` (escaped `/` and `\`).
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// What happens to escaped slashes (`%2F`, `%5C`) in a path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// Kept as sent (Envoy's and Istio's default): `/admin%2Fx` is one
+    /// segment to the policy, so an app that decodes it (gunicorn, Django)
+    /// routes on a path the policy did not see.
+    #[default]
+    Keep,
+    /// The request is refused with `400`.
+    Reject,
+    /// Decoded, and slashes then merged.
+    DecodeAndMerge,
+}
+
+/// A path after [`normalize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Normalized {
+    /// Already normal: judged and forwarded as sent.
+    Unchanged,
+    /// Judged, and forwarded, as this path.
+    Changed(String),
+    /// Refused with `400`, for this reason.
+    Rejected(&'static str),
+}
+
+/// The path policies are matched against, normalized as Envoy's
+/// `normalize_path` does it (RFC 3986 §6.2.2) and as `how` asks:
+/// - `%00` is refused (no app has a use for a NUL in a path);
+/// - escaped slashes are kept, refused or decoded ([`EscapedSlashes`]);
+/// - percent-encoded unreserved characters are decoded (`%2E` → `.`,
+///   `%61` → `a`), until decoding changes nothing (`%%32e` is `.`, not an
+///   escape left for the app to decode), other escapes kept as sent;
+/// - `\` becomes `/` (Windows servers and some frameworks read it so);
+/// - a dot segment with parameters (`..;`, `.;x`) is refused: Tomcat reads
+///   `/api/..;/admin` as `/admin`;
+/// - `.` and `..` segments are removed (`/api/../admin` is `/admin`);
+/// - with `merge_slashes`, `//` becomes `/`.
+///
+/// An empty path is `/`. Paths are case-sensitive, as in Istio: a rule for
+/// `/admin` does not cover `/ADMIN` (list both for an app that routes
+/// without case, such as Express or ASP.NET by default). `;` parameters stay
+/// in the path the app gets; rules are matched without them
+/// ([`policy_path`]).
+pub fn normalize(path: &str, how: &PathNormalization) -> Normalized {
+    let merge = how.merge_slashes || how.escaped_slashes == EscapedSlashes::DecodeAndMerge;
+    let suspicious = path.is_empty()
+        || path.contains(['%', '\\'])
+        || (merge && path.contains("//"))
+        || path.split('/').any(is_dot_segment);
     if !suspicious {
-        return None;
+        return Normalized::Unchanged;
     }
-    let decoded = decode_unreserved(path);
-    let mut out: Vec<&str> = Vec::new();
+    // Decoded until nothing changes: `%%32e` is `%2e` once decoded, which an
+    // app would read as `.`; what is judged must not hide an escape.
+    let mut decoded = decode_unreserved(path);
+    loop {
+        let again = decode_unreserved(&decoded);
+        if again == decoded {
+            break;
+        }
+        decoded = again;
+    }
+    let has = |escape: &str| {
+        decoded
+            .as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(escape.as_bytes()))
+    };
+    if has("%00") {
+        return Normalized::Rejected("the path has an escaped NUL (%00)");
+    }
+    if has("%2f") || has("%5c") {
+        match how.escaped_slashes {
+            EscapedSlashes::Keep => {}
+            EscapedSlashes::Reject => {
+                return Normalized::Rejected("the path has an escaped slash (%2F or %5C)");
+            }
+            EscapedSlashes::DecodeAndMerge => {
+                decoded = decode_escaped_slashes(&decoded);
+            }
+        }
+    }
+    let decoded = decoded.replace('\\', "/");
     let segments: Vec<&str> = decoded.split('/').collect();
+    if segments
+        .iter()
+        .any(|s| !matches!(*s, "." | "..") && is_dot_segment(s))
+    {
+        return Normalized::Rejected("the path has a dot segment with parameters (..;)");
+    }
+    let mut out: Vec<&str> = Vec::new();
     let last = segments.len().saturating_sub(1);
     for (i, seg) in segments.iter().enumerate() {
         match *seg {
@@ -228,7 +319,76 @@ pub fn normalize_path(path: &str) -> Option<String> {
     if !joined.starts_with('/') {
         joined.insert(0, '/');
     }
-    (joined != path).then_some(joined)
+    // As Envoy: slashes are merged after the dot segments are removed.
+    if merge {
+        while joined.contains("//") {
+            joined = joined.replace("//", "/");
+        }
+    }
+    if joined == path {
+        Normalized::Unchanged
+    } else {
+        Normalized::Changed(joined)
+    }
+}
+
+/// The path a policy's path rules are matched against: the normalized path
+/// with each segment's `;` parameters left out, as Tomcat and Spring route
+/// (`/admin;jsessionid=1` is `/admin` to them, so to the policy too). The
+/// request still goes to the app with its parameters.
+pub fn policy_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    std::borrow::Cow::Owned(
+        path.split('/')
+            .map(|segment| segment.split(';').next().unwrap_or(segment))
+            .collect::<Vec<_>>()
+            .join("/"),
+    )
+}
+
+/// `.` or `..`, with or without `;` parameters (`;` also escaped, `%3B`:
+/// an app that decodes it and then drops parameters reads `..%3B` as `..`).
+fn is_dot_segment(segment: &str) -> bool {
+    let first = segment.split(';').next().unwrap_or(segment);
+    let before_escape = first
+        .as_bytes()
+        .windows(3)
+        .position(|w| w.eq_ignore_ascii_case(b"%3b"))
+        .map_or(first, |i| &first[..i]);
+    matches!(before_escape, "." | "..")
+}
+
+/// The path under the default normalization, `None` when it is unchanged
+/// or refused (see [`normalize`]).
+pub fn normalize_path(path: &str) -> Option<String> {
+    match normalize(path, &PathNormalization::default()) {
+        Normalized::Changed(p) => Some(p),
+        Normalized::Unchanged | Normalized::Rejected(_) => None,
+    }
+}
+
+/// Decodes `%2F` and `%5C` (either case).
+fn decode_escaped_slashes(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes.get(i + 1..i + 3);
+        if bytes[i] == b'%' && escape.is_some_and(|e| e.eq_ignore_ascii_case(b"2f")) {
+            out.push(b'/');
+            i += 3;
+        } else if bytes[i] == b'%' && escape.is_some_and(|e| e.eq_ignore_ascii_case(b"5c")) {
+            out.push(b'\\');
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    // Only ASCII escapes were replaced by ASCII bytes: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Decodes `%XX` escapes of unreserved characters (ALPHA, DIGIT, `-._~`).
@@ -281,5 +441,7 @@ fn source_matches(s: &Source, conn: &Connection<'_>) -> bool {
     true
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

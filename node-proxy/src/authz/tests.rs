@@ -404,3 +404,117 @@ fn paths_are_normalized_before_matching() {
     assert_eq!(normalize_path("/é/../x").as_deref(), Some("/x"));
     assert_eq!(normalize_path("/100%").as_deref(), None);
 }
+
+/// Each mode of [`normalize`] on the paths that get past a naive matcher,
+/// with Istio's names for the modes.
+#[test]
+fn paths_are_normalized_as_each_mode_asks() {
+    use Normalized::{Changed, Rejected, Unchanged};
+    let base = PathNormalization::default();
+    let merge = PathNormalization {
+        merge_slashes: true,
+        ..base
+    };
+    let reject = PathNormalization {
+        escaped_slashes: EscapedSlashes::Reject,
+        ..base
+    };
+    let decode = PathNormalization {
+        merge_slashes: true,
+        escaped_slashes: EscapedSlashes::DecodeAndMerge,
+    };
+    let changed = |p: &str| Changed(p.to_owned());
+    let cases: &[(&str, [Normalized; 4])] = &[
+        // path: BASE, MERGE_SLASHES, BASE + reject escaped slashes, DECODE_AND_MERGE_SLASHES
+        ("/admin", [Unchanged, Unchanged, Unchanged, Unchanged]),
+        (
+            "/admin%2Fx",
+            [
+                Unchanged,
+                Unchanged,
+                Rejected("the path has an escaped slash (%2F or %5C)"),
+                changed("/admin/x"),
+            ],
+        ),
+        (
+            "/admin%5cx",
+            [
+                Unchanged,
+                Unchanged,
+                Rejected("the path has an escaped slash (%2F or %5C)"),
+                changed("/admin/x"),
+            ],
+        ),
+        (
+            "//admin",
+            [Unchanged, changed("/admin"), Unchanged, changed("/admin")],
+        ),
+        (
+            "/a//b//",
+            [Unchanged, changed("/a/b/"), Unchanged, changed("/a/b/")],
+        ),
+        (
+            "/api\\..\\admin",
+            [
+                changed("/admin"),
+                changed("/admin"),
+                changed("/admin"),
+                changed("/admin"),
+            ],
+        ),
+        (
+            "/api/%2e%2e/admin",
+            [
+                changed("/admin"),
+                changed("/admin"),
+                changed("/admin"),
+                changed("/admin"),
+            ],
+        ),
+        (
+            "/%61dmin",
+            [
+                changed("/admin"),
+                changed("/admin"),
+                changed("/admin"),
+                changed("/admin"),
+            ],
+        ),
+        (
+            "/api/..;/admin",
+            [
+                Rejected("the path has a dot segment with parameters (..;)"),
+                Rejected("the path has a dot segment with parameters (..;)"),
+                Rejected("the path has a dot segment with parameters (..;)"),
+                Rejected("the path has a dot segment with parameters (..;)"),
+            ],
+        ),
+        (
+            "/admin%00.png",
+            [
+                Rejected("the path has an escaped NUL (%00)"),
+                Rejected("the path has an escaped NUL (%00)"),
+                Rejected("the path has an escaped NUL (%00)"),
+                Rejected("the path has an escaped NUL (%00)"),
+            ],
+        ),
+        ("/ADMIN", [Unchanged, Unchanged, Unchanged, Unchanged]),
+        ("/admin;x", [Unchanged, Unchanged, Unchanged, Unchanged]),
+        (
+            "/a%2F%2Fb/../c",
+            [
+                changed("/c"),
+                changed("/c"),
+                Rejected("the path has an escaped slash (%2F or %5C)"),
+                changed("/a/c"),
+            ],
+        ),
+    ];
+    for (path, expected) in cases {
+        for (how, want) in [base, merge, reject, decode].iter().zip(expected) {
+            assert_eq!(&normalize(path, how), want, "{path} under {how:?}");
+        }
+    }
+    assert_eq!(policy_path("/admin;jsessionid=1/x;v=2"), "/admin/x");
+    assert_eq!(policy_path("/api/x"), "/api/x");
+}

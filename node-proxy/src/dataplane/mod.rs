@@ -78,6 +78,8 @@ pub struct DataPlaneSettings {
     /// The protocols clients may upgrade HTTP connections to (inbound and
     /// outbound); others are served as plain HTTP/1.1.
     pub allowed_upgrades: Arc<[Box<str>]>,
+    /// How request paths are normalized before inbound authorization.
+    pub path_normalization: crate::authz::PathNormalization,
     /// How many connections the proxy holds at once, in all and per source.
     pub connection_caps: limits::ConnectionCaps,
 }
@@ -95,6 +97,7 @@ impl Default for DataPlaneSettings {
                 .iter()
                 .map(|p| Box::from(*p))
                 .collect(),
+            path_normalization: crate::authz::PathNormalization::default(),
             connection_caps: limits::ConnectionCaps::for_file_limit(1024 * 1024),
         }
     }

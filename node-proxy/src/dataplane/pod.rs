@@ -118,7 +118,8 @@ impl PodRuntime {
             .with_stats(shared.stats.inbound.clone())
             .with_idle_timeout(shared.settings.idle_timeout)
             .with_header_read_timeout(shared.settings.header_read_timeout)
-            .with_allowed_upgrades(shared.settings.allowed_upgrades.clone()),
+            .with_allowed_upgrades(shared.settings.allowed_upgrades.clone())
+            .with_path_normalization(shared.settings.path_normalization),
         );
         let this = Arc::new_cyclic(|weak| Self {
             shared,

@@ -698,12 +698,15 @@ fn framing(
     }
     let encodings = headers.get_all(TRANSFER_ENCODING);
     if encodings.iter().next().is_some() {
+        // The last coding named (empty list elements do not count, RFC
+        // 9110 §5.6.1: `chunked,` is `chunked`).
         let chunked_last = encodings
             .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+            .rev()
+            .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .find(|t| !t.is_empty())
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         // A Content-Length beside Transfer-Encoding is a sign of request
         // smuggling: the connection is not used again, and the length is
         // not passed on (RFC 9112 §6.3).
@@ -870,12 +873,17 @@ impl<IO> ResponseBody<IO> {
         let buf = &mut conn.get_mut().buf;
         let (next, frame) = match chunk {
             Chunk::Size => {
+                // The limit holds however the bytes arrived: a line found
+                // whole in one read is measured too.
                 let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
                     if buf.len() > MAX_CHUNK_LINE {
                         return Err(Error::InvalidChunk("chunk-size line too long"));
                     }
                     return Ok(Step::NeedMore);
                 };
+                if lf > MAX_CHUNK_LINE {
+                    return Err(Error::InvalidChunk("chunk-size line too long"));
+                }
                 if lf == 0 || buf[lf - 1] != b'\r' {
                     return Err(Error::InvalidChunk("chunk-size line not ended by CRLF"));
                 }
@@ -922,6 +930,11 @@ impl<IO> ResponseBody<IO> {
                         }
                         return Ok(Step::NeedMore);
                     };
+                    if end + 4 > MAX_HEAD {
+                        return Err(Error::InvalidTrailers(format!(
+                            "larger than {MAX_HEAD} bytes"
+                        )));
+                    }
                     let section = buf.split_to(end + 4).freeze();
                     (
                         Decode::Done,

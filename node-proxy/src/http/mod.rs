@@ -38,6 +38,8 @@ pub mod routes;
 mod serve;
 
 #[cfg(test)]
+pub(crate) mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! detected from its first bytes. Each request is authorized on its own:
 //! the L4 parts of the pod's policies (peer identity, namespace, ipBlock,
 //! port) and their L7 parts (method, path, after
-//! [`authz::normalize_path`]). A denied request is answered `403` with the
+//! [`authz::normalize`], which may also refuse it with `400`). A denied request is answered `403` with the
 //! body `RBAC: access denied`, as Envoy answers (gRPC: `grpc-status` 7,
 //! PERMISSION_DENIED); the reason, naming the policies, is logged at info
 //! and the denial counted. An
@@ -74,6 +74,8 @@ pub struct PodAccess {
     /// The protocols a client may upgrade to (the rest are served as plain
     /// HTTP/1.1).
     pub allowed_upgrades: Arc<[Box<str>]>,
+    /// How paths are normalized before they are authorized and forwarded.
+    pub path_normalization: authz::PathNormalization,
 }
 
 /// One admitted stream to an HTTP port, to be served as HTTP.
@@ -326,7 +328,7 @@ impl Server {
     /// authorizes it and nothing in it is for this hop only: its head is
     /// canonical ([`RawRequest::is_canonical`]), its target has no fragment
     /// (`http` drops one, the app might not) and a normal path
-    /// ([`authz::normalize_path`]), it does not ask for the connection to
+    /// ([`authz::normalize`]), it does not ask for the connection to
     /// close, and it has no hop-by-hop field, no field of the node proxies'
     /// own, and no gRPC content type (a denial is then a gRPC status). The
     /// answer is passed on as it came too when it can be
@@ -352,7 +354,9 @@ impl Server {
         }
         // As `http` reads it (hyper answers what it refuses), and normal.
         let target = PathAndQuery::from_maybe_shared(target).ok()?;
-        if authz::normalize_path(target.path()).is_some() {
+        if authz::normalize(target.path(), &self.stream.pod.path_normalization)
+            != authz::Normalized::Unchanged
+        {
             return None;
         }
         let head = raw.head().clone();
@@ -391,7 +395,17 @@ impl Server {
 
     /// The request if the pod's policies allow it, its path normalized.
     fn authorize<B>(&self, req: Request<B>) -> Result<Request<B>, LocalReply> {
-        let normalized = authz::normalize_path(req.uri().path());
+        let normalized =
+            match authz::normalize(req.uri().path(), &self.stream.pod.path_normalization) {
+                authz::Normalized::Unchanged => None,
+                authz::Normalized::Changed(path) => Some(path),
+                authz::Normalized::Rejected(why) => {
+                    return Err(LocalReply::BadRequest(format!(
+                        "{why}: {}",
+                        req.uri().path()
+                    )));
+                }
+            };
         let path = normalized.as_deref().unwrap_or(req.uri().path());
         self.decide(req.method(), path)?;
         match normalized {
@@ -405,6 +419,7 @@ impl Server {
     /// counted, and logged when denied (or an audit policy would deny).
     fn decide(&self, method: &Method, path: &str) -> Result<(), LocalReply> {
         let s = &self.stream;
+        let path = &*authz::policy_path(path);
         // The policy in force is the one the latest config carries.
         let eval = authz::evaluate(
             &s.pod.view.current().policies,

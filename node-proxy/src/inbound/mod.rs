@@ -76,6 +76,8 @@ pub struct PodInbound {
     header_read_timeout: Duration,
     /// The protocols its HTTP streams may upgrade to.
     allowed_upgrades: Arc<[Box<str>]>,
+    /// How paths on its HTTP streams are normalized.
+    path_normalization: crate::authz::PathNormalization,
 }
 
 /// The pod's share of one config version: how its ports are served and
@@ -209,7 +211,15 @@ impl PodInbound {
                 .iter()
                 .map(|p| Box::from(*p))
                 .collect(),
+            path_normalization: crate::authz::PathNormalization::default(),
         }
+    }
+
+    /// Sets how paths on its HTTP streams are normalized before they are
+    /// authorized (by default Istio's `BASE`).
+    pub fn with_path_normalization(mut self, how: crate::authz::PathNormalization) -> Self {
+        self.path_normalization = how;
+        self
     }
 
     /// Sets the protocols clients may upgrade its HTTP streams to (by
@@ -316,6 +326,7 @@ impl PodInbound {
                 idle_timeout: self.idle_timeout,
                 header_read_timeout: self.header_read_timeout,
                 allowed_upgrades: self.allowed_upgrades.clone(),
+                path_normalization: self.path_normalization,
             },
             peer.cloned(),
             peer_addr,

@@ -253,14 +253,14 @@ mod tests {
         ))]
 
         #[test]
-        fn truncated_manifests_end_quickly(cut in 0..SERVICE.len() * 2) {
+        fn fuzz_truncated_manifests_end_quickly(cut in 0..SERVICE.len() * 2) {
             let text = format!("{SERVICE}---\n{SERVICE}");
             let cut = text.floor_char_boundary(cut.min(text.len()));
             bounded(&text[..cut])?;
         }
 
         #[test]
-        fn mutated_manifests_end_quickly(
+        fn fuzz_mutated_manifests_end_quickly(
             edits in prop::collection::vec((0..SERVICE.len() * 2, prop::sample::select(
                 vec!['{', '}', '[', ']', ':', '-', ' ', '\n', '"', '\'', '&', '*', '!', '#', '|', '>', '\t', 'x'])), 1..8)
         ) {

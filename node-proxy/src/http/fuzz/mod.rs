@@ -133,9 +133,7 @@ fn refusing() -> impl hyper::service::Service<
     Future: Send + 'static,
 > + Send
 + 'static {
-    hyper::service::service_fn(|_req: Request<Incoming>| async {
-        Ok::<_, Infallible>(refusal())
-    })
+    hyper::service::service_fn(|_req: Request<Incoming>| async { Ok::<_, Infallible>(refusal()) })
 }
 
 /// Bytes on the wire, shown escaped in failure messages.

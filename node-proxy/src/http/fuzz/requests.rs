@@ -100,8 +100,11 @@ async fn serve_wire(wire: &[u8], piece: usize) -> Served {
     };
     // The connection's error, if any, is the refusal seen in what the
     // engine got.
-    let (_, _to_server, output) =
-        tokio::join!(serve(server, IDLE, lean, service), client_writes, client_reads);
+    let (_, _to_server, output) = tokio::join!(
+        serve(server, IDLE, lean, service),
+        client_writes,
+        client_reads
+    );
     let requests = std::mem::take(&mut *log.lock());
     Served { requests, output }
 }
@@ -116,17 +119,26 @@ fn check(model: &Requests, served: &Served, wire: &[u8]) -> Result<(), TestCaseE
                 // No longer HTTP/1.1 requests: the model says nothing.
                 return Ok(());
             }
+            let cut = model
+                .cut
+                .as_ref()
+                .is_some_and(|(method, target)| *method == seen.method && *target == seen.target);
+            if let End::Lenient(why) = model.end {
+                // hyper reads this body otherwise (a known divergence):
+                // the model says nothing from it on.
+                prop_assert!(
+                    cut,
+                    "request {i} ({seen:?}) is not the one whose body has {why}, in {wire:?}"
+                );
+                return Ok(());
+            }
             // The request whose body the model found incomplete or invalid:
             // a server may start on it, never finish it.
-            let started = seen.body.is_none()
-                && model
-                    .cut
-                    .as_ref()
-                    .is_some_and(|(method, target)| *method == seen.method && *target == seen.target);
-            let end = &model.end;
+            let started = seen.body.is_none() && cut;
+            let (end, why) = (&model.end, model.end.why().unwrap_or("-"));
             prop_assert!(
                 started && i + 1 == last,
-                "request {i} ({seen:?}) is not one the model reads (it ends with {end:?}) in {wire:?}"
+                "request {i} ({seen:?}) is not one the model reads (it ends with {end:?}: {why}) in {wire:?}"
             );
             return Ok(());
         };
@@ -210,7 +222,13 @@ fn assert_served(wire: &str, expected: &[Got<'_>]) -> Served {
     let got: Vec<Got<'_>> = served
         .requests
         .iter()
-        .map(|seen| (seen.method.as_str(), seen.target.as_str(), seen.body.as_deref()))
+        .map(|seen| {
+            (
+                seen.method.as_str(),
+                seen.target.as_str(),
+                seen.body.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(got, expected, "{wire:?}");
     let model = model::requests(wire.as_bytes());
@@ -285,7 +303,14 @@ fn listed_signed_and_non_decimal_lengths_are_refused() {
 
 #[test]
 fn codings_without_chunked_last_are_refused() {
-    for coding in ["chunked, identity", "identity", "gzip", "chunked,", "xchunked", ""] {
+    for coding in [
+        "chunked, identity",
+        "identity",
+        "gzip",
+        "chunked,",
+        "xchunked",
+        "",
+    ] {
         assert_bad_request(&format!(
             "{POST}Transfer-Encoding: {coding}\r\n\r\n0\r\n\r\n{NEXT}"
         ));
@@ -375,6 +400,19 @@ fn malformed_chunks_fail_the_body_and_end_the_connection() {
     }
 }
 
+/// RFC 9112 §7.1.2: a trailer line is a field line, without a bare LF
+/// (see `model::TRAILER_BARE_LF`). hyper's server takes this body, eating
+/// the next request as trailer lines: one request to it, two to a
+/// recipient that takes a bare LF for a line end.
+#[test]
+#[ignore = "known divergence of hyper's chunked decoder (serves POST /a, eats GET /smuggled)"]
+fn a_bare_lf_in_a_trailer_line_is_refused() {
+    assert_served(
+        &format!("{POST}Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\n\r\n{NEXT}"),
+        &[("POST", "/a", None)],
+    );
+}
+
 #[test]
 fn requests_after_a_body_are_read_where_it_ends() {
     assert_served(
@@ -390,7 +428,9 @@ fn requests_after_a_body_are_read_where_it_ends() {
 #[test]
 fn plain_requests_around_a_body_hand_the_connection_to_hyper_once() {
     let served = assert_served(
-        &format!("GET /first HTTP/1.1\r\nHost: svc\r\n\r\n{POST}Content-Length: 3\r\n\r\nabc{NEXT}"),
+        &format!(
+            "GET /first HTTP/1.1\r\nHost: svc\r\n\r\n{POST}Content-Length: 3\r\n\r\nabc{NEXT}"
+        ),
         &[
             ("GET", "/first", ok("")),
             ("POST", "/a", ok("abc")),

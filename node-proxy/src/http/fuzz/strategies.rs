@@ -392,14 +392,16 @@ fn chunked() -> impl Strategy<Value = Chunked> {
         vec((select(TRAILERS), eol()), 0..2),
         eol(),
     )
-        .prop_map(|(chunks, last, last_ext, last_end, trailers, end)| Chunked {
-            chunks,
-            last,
-            last_ext,
-            last_end,
-            trailers,
-            end,
-        })
+        .prop_map(
+            |(chunks, last, last_ext, last_end, trailers, end)| Chunked {
+                chunks,
+                last,
+                last_ext,
+                last_end,
+                trailers,
+                end,
+            },
+        )
 }
 
 /// A message body as sent.
@@ -455,8 +457,7 @@ const TARGETS: &[&str] = &[
 ];
 
 const REQUEST_VERSIONS: &[&str] = &[
-    "HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "http/1.1",
-    "HTTP/2.0",
+    "HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "http/1.1", "HTTP/2.0",
 ];
 
 /// A request as generated.
@@ -584,10 +585,13 @@ fn well_formed_chunked() -> impl Strategy<Value = Chunked> {
 fn well_formed_payload(none: Framed) -> impl Strategy<Value = (Framed, Payload)> {
     let plain = vec(select(BODY_BYTES), 0..24);
     prop_oneof![
-        plain.clone().prop_map(move |bytes| (none, Payload::Plain(match none {
-            Framed::Not => Vec::new(),
-            _ => bytes,
-        }))),
+        plain.clone().prop_map(move |bytes| (
+            none,
+            Payload::Plain(match none {
+                Framed::Not => Vec::new(),
+                _ => bytes,
+            })
+        )),
         plain.prop_map(|bytes| (Framed::Length, Payload::Plain(bytes))),
         well_formed_chunked().prop_map(|chunked| (Framed::Chunked, Payload::Chunked(chunked))),
     ]
@@ -778,7 +782,10 @@ pub(super) fn well_formed_response() -> impl Strategy<Value = ResponseSpec> {
         .prop_map(|(status, (framed, payload), dated, closing)| {
             let mut fields = Vec::new();
             if dated {
-                fields.push((Field::Raw(b"Date: Mon, 01 Jan 2024 00:00:00 GMT"), Eol::CrLf));
+                fields.push((
+                    Field::Raw(b"Date: Mon, 01 Jan 2024 00:00:00 GMT"),
+                    Eol::CrLf,
+                ));
             }
             if closing {
                 fields.push((Field::Raw(b"Connection: close"), Eol::CrLf));
@@ -898,7 +905,9 @@ pub(super) struct EngineAnswer {
     pub(super) fails: bool,
 }
 
-const ENGINE_STATUSES: &[u16] = &[100, 101, 103, 200, 200, 200, 201, 204, 206, 304, 404, 500, 599];
+const ENGINE_STATUSES: &[u16] = &[
+    100, 101, 103, 200, 200, 200, 201, 204, 206, 304, 404, 500, 599,
+];
 
 const ENGINE_NAMES: &[&str] = &[
     "transfer-encoding",
@@ -937,12 +946,14 @@ pub(super) fn engine_answer() -> impl Strategy<Value = EngineAnswer> {
         prop::bool::weighted(0.2),
         prop::bool::weighted(0.15),
     )
-        .prop_map(|(status, fields, chunks, sized, trailers, fails)| EngineAnswer {
-            status,
-            fields,
-            chunks,
-            sized,
-            trailers,
-            fails,
-        })
+        .prop_map(
+            |(status, fields, chunks, sized, trailers, fails)| EngineAnswer {
+                status,
+                fields,
+                chunks,
+                sized,
+                trailers,
+                fails,
+            },
+        )
 }

@@ -968,3 +968,104 @@ async fn a_stream_idle_for_the_pods_idle_timeout_is_closed() {
     );
     drop(tx);
 }
+
+/// A Deny on `/admin` (prefix) against what apps route as `/admin`: each
+/// spelling is judged after normalization, refused (`400`) where it cannot
+/// be judged safely, and what is allowed reaches the app with the path that
+/// was judged. The columns are the modes, with Istio's names.
+#[tokio::test]
+async fn spellings_of_a_denied_path_stay_denied() {
+    use crate::authz::{EscapedSlashes, PathNormalization};
+    let (app, _, heads) = raw_app(|_| PLAIN_ANSWER).await;
+    let mut deny_admin = allow_web_reads();
+    deny_admin.name = "deny-admin".into();
+    deny_admin.action = AuthorizationAction::Deny as i32;
+    deny_admin.rules[0].from.clear();
+    deny_admin.rules[0].to = Some(Destination {
+        ports: vec![],
+        methods: vec![],
+        paths: vec![PathMatch {
+            kind: Some(path_match::Kind::Prefix("/admin".into())),
+        }],
+    });
+    let base = PathNormalization::default();
+    let modes = [
+        ("BASE", base),
+        (
+            "MERGE_SLASHES",
+            PathNormalization {
+                merge_slashes: true,
+                ..base
+            },
+        ),
+        (
+            "BASE, escaped slashes refused",
+            PathNormalization {
+                escaped_slashes: EscapedSlashes::Reject,
+                ..base
+            },
+        ),
+        (
+            "DECODE_AND_MERGE_SLASHES",
+            PathNormalization {
+                merge_slashes: true,
+                escaped_slashes: EscapedSlashes::DecodeAndMerge,
+            },
+        ),
+    ];
+    // (target, status per mode, what the app sees when allowed)
+    let cases: &[(&str, [u16; 4], &str)] = &[
+        ("/admin", [403, 403, 403, 403], ""),
+        ("/admin/x", [403, 403, 403, 403], ""),
+        ("/api/../admin", [403, 403, 403, 403], ""),
+        ("/api/%2e%2e/admin", [403, 403, 403, 403], ""),
+        ("/%61dmin", [403, 403, 403, 403], ""),
+        ("/admin;x", [403, 403, 403, 403], ""),
+        ("/api/..;/admin", [400, 400, 400, 400], ""),
+        ("/admin%00", [400, 400, 400, 400], ""),
+        ("//admin", [200, 403, 200, 403], "//admin"),
+        ("/admin%2Fx", [200, 200, 400, 403], "/admin%2Fx"),
+        ("/ADMIN", [200, 200, 200, 200], "/ADMIN"),
+        // A fragment is not part of a request target: dropped, and the app
+        // gets the path that was judged.
+        ("/api/x#frag", [200, 200, 200, 200], "/api/x"),
+        ("/admin#frag", [403, 403, 403, 403], ""),
+        ("/api/x", [200, 200, 200, 200], "/api/x"),
+    ];
+    for (i, (mode, how)) in modes.iter().enumerate() {
+        let (handler, _tx) = inbound(config(vec![deny_admin.clone()], app.port(), "http", ""));
+        let handler = Arc::new(
+            Arc::into_inner(handler)
+                .expect("one handle")
+                .with_path_normalization(*how),
+        );
+        for (target, statuses, seen) in cases {
+            heads.lock().expect("heads").clear();
+            let (_, stream) = hbone(handler.clone(), id("web"), app).await;
+            let mut stream = stream.expect("stream");
+            let answer = exchange_raw(
+                &mut stream,
+                &format!("GET {target} HTTP/1.1\r\nHost: api.shop\r\n\r\n"),
+                true,
+            )
+            .await;
+            let status: u16 = answer
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            assert_eq!(status, statuses[i], "{target} under {mode}: {answer}");
+            let forwarded: Vec<String> = heads
+                .lock()
+                .expect("heads")
+                .iter()
+                .map(|h| h.split(' ').nth(1).unwrap_or("").to_owned())
+                .collect();
+            if status == 200 {
+                assert_eq!(forwarded, [*seen], "{target} under {mode}");
+            } else {
+                assert!(forwarded.is_empty(), "{target} under {mode}: {forwarded:?}");
+            }
+        }
+    }
+}
