@@ -52,6 +52,16 @@ pub const INBOUND_CAPTURE_PORT: u16 = 15006;
 /// is never redirected.
 pub const HBONE_INBOUND_PORT: u16 = 15008;
 
+/// The source kubelet's probes to enrolled pods are SNATed to on the node
+/// (the address Istio ambient uses): the only source an enrolled pod's rules
+/// let through uncaptured.
+pub const PROBE_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 7, 127);
+
+/// [`PROBE_SOURCE_V4`] for IPv6.
+pub const PROBE_SOURCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(
+    0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
+);
+
 /// The node proxy's default admin API port (Prometheus metrics included);
 /// it listens in the node's namespace, and the port is reserved in pods too.
 pub const PROXY_ADMIN_PORT: u16 = 15000;

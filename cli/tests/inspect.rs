@@ -17,16 +17,22 @@ fn run(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `leaf.pem` in `dir`: a leaf of `pki` for `default/web`, with its chain.
+fn write_leaf(pki: &TestPki, dir: &std::path::Path) -> std::path::PathBuf {
+    let web = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/web").expect("id");
+    let leaf = dir.join("leaf.pem");
+    let pem = TrustBundle::from_der(pki.leaf(&web).chain().to_vec())
+        .expect("chain")
+        .to_pem();
+    std::fs::write(&leaf, pem).expect("write leaf");
+    leaf
+}
+
 #[test]
 fn inspect_verifies_and_explains_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("cluster.local");
-    let web = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/web").unwrap();
-    let leaf = dir.path().join("leaf.pem");
-    let pem = TrustBundle::from_der(pki.leaf(&web).chain().to_vec())
-        .unwrap()
-        .to_pem();
-    std::fs::write(&leaf, pem).unwrap();
+    let leaf = write_leaf(&pki, dir.path());
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, pki.bundle().to_pem()).unwrap();
     let other = dir.path().join("other.pem");
@@ -78,12 +84,7 @@ fn inspect_verifies_and_explains_refusals() {
 fn a_closed_stdout_ends_the_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("cluster.local");
-    let web = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/web").unwrap();
-    let leaf = dir.path().join("leaf.pem");
-    let pem = TrustBundle::from_der(pki.leaf(&web).chain().to_vec())
-        .unwrap()
-        .to_pem();
-    std::fs::write(&leaf, pem).unwrap();
+    let leaf = write_leaf(&pki, dir.path());
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let out = Command::new(env!("CARGO_BIN_EXE_hawser"))

@@ -20,18 +20,16 @@
 //!
 //! # Kubelet health probes
 //!
-//! Kubelet probes a pod from the node's own network namespace, so its
-//! connections arrive at the pod with a *node address* as source: on
-//! bridge-style CNIs the host side of the pod network (the `gateway` of
-//! `prevResult`), on routed CNIs (Calico, Cilium) one of the node's own
-//! IPs. Inbound TCP whose source is one of those addresses is not captured
-//! and reaches the app directly, exactly as without a mesh. The plugin takes
-//! the gateways from `prevResult` and the node's IPs from the proxy's reply
-//! (`probe_source_addresses`). This needs no state in the host netns (unlike
-//! Istio ambient's SNAT of host traffic to 169.254.7.127) and nothing can
-//! leak there. The trade-off is the same as Istio's: any connection from the
-//! node itself (host-network pods, NodePort traffic SNATed to a node
-//! address) bypasses the inbound proxy too.
+//! Kubelet probes a pod from the node's own network namespace. The node
+//! proxy SNATs kubelet's connections to enrolled pods (and no other
+//! process's: it matches kubelet's cgroup) to the link-local
+//! `169.254.7.127` (`hawser_api::cni::PROBE_SOURCE_V4`), and hands that
+//! address to the plugin as the pod's probe source (`probe_source_addresses`).
+//! Inbound TCP from it is not captured and reaches the app directly, as
+//! without a mesh. Everything else from the node (host-network pods, node
+//! processes, NodePort traffic SNATed to a node address) is captured like
+//! any plaintext connection and judged by the pod's policies. The plugin adds
+//! no source of its own (not the bridge gateway, which is the node).
 //!
 //! # Failure behaviour
 //!

@@ -77,14 +77,15 @@ fn chained_add_redirects_and_del_leaves_nothing() {
         2,
         "both chains skip the proxy mark: {table:#}"
     );
-    // Kubelet probes: the bridge gateway (host side) is exempt inbound.
+    // The bridge gateway is the node, not a probe: traffic from it is
+    // captured (only the proxy's probe address is exempt).
     let gateway = serde_json::from_str::<Value>(&prev).unwrap()["ips"][0]["gateway"].clone();
     assert_eq!(
         rules_with(&table, |r| r["chain"] == "prerouting"
             && r["expr"][0]["match"]["left"]["payload"]["field"] == "saddr"
             && matches_value(&r["expr"][0]["match"]["right"], &gateway)),
-        1,
-        "probe source {gateway} exempt: {table:#}"
+        0,
+        "the node's gateway {gateway} is not exempt: {table:#}"
     );
 
     // The node proxy got the pod's netns itself.

@@ -751,3 +751,56 @@ fn a_connection_flood_is_capped_and_other_pods_keep_being_served() {
         b"ping"
     );
 }
+
+/// Kubelet's probes, and only they, reach an enrolled pod without being
+/// judged: the proxy SNATs connections from kubelet's cgroup to the probe
+/// address, which the pod's rules let through; the same request from any
+/// other process of the node is captured and judged like any plaintext
+/// connection (before, every connection from the node skipped policy).
+#[test]
+fn only_kubelets_probes_skip_authorization() {
+    let (dir, mut guard) = up("k");
+    let lab = guard.lab();
+    apply(lab, dir.path(), "app.yaml", &app());
+    let allow = r#"apiVersion: policy.hawser.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: only-client, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: echo}]
+  rules: [{from: [{serviceAccount: client}]}]
+"#;
+    apply(lab, dir.path(), "allow.yaml", allow);
+    let echo = lab.pod("shop", "echo").expect("echo").ip.expect("ip");
+    let url = format!("http://{echo}:8080/");
+    let node = lab.node("node-2").expect("node").netns.clone();
+    let from_node = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node, "curl", "-sS", "-m", "5"])
+            .args(["-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (status, body) = lab.kubelet_probe("node-2", &url).expect("probe");
+    assert_eq!(status, "200", "{body}");
+    assert!(
+        body.contains("IP=169.254.7.127"),
+        "the app saw the probe address: {body}"
+    );
+    assert_eq!(
+        from_node(),
+        "403",
+        "another process of the node is judged: plaintext is not on the allow-list"
+    );
+    assert_eq!(
+        metric(
+            lab,
+            "node-2",
+            "hawser_inbound_http_requests_total{decision=\"deny\"}"
+        ),
+        1,
+        "the node's request was denied by the policy"
+    );
+    // Probes go on being answered.
+    assert_eq!(lab.kubelet_probe("node-2", &url).expect("probe").0, "200");
+}

@@ -32,17 +32,13 @@ pub fn run(inv: &Invocation<'_>, pod: &PodIdentity) -> Result<Output, CniError> 
     let netns = Netns::open(netns_path).map_err(|e| netns_error(e, "CNI_NETNS"))?;
     let pod_ips = prev.pod_ips();
 
-    let (mut client, mut spec) = match inv.proxy().ask_add(pod, &key, netns_path, &pod_ips)? {
+    let (mut client, spec) = match inv.proxy().ask_add(pod, &key, netns_path, &pod_ips)? {
         AddDecision::PassThrough { reason } => {
             tracing::info!(%reason, "pod passes untouched");
             return Ok(passthrough);
         }
         AddDecision::Redirect { client, spec } => (client, spec),
     };
-    // Kubelet probes come from the node: on bridge-style networks that is the
-    // gateway address (see the crate docs).
-    spec.probe_sources.extend(prev.gateways());
-
     let mut state = AttachmentState {
         pod: pod.clone(),
         netns_path: netns_path.to_path_buf(),

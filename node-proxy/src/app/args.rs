@@ -109,6 +109,16 @@ pub struct Args {
     #[arg(long, env = "HAWSER_REJECT_ESCAPED_SLASHES")]
     pub reject_escaped_slashes: bool,
 
+    /// Kubelet's cgroup, below the cgroup v2 root: its probes to enrolled
+    /// pods, and only they, skip authorization (sent from 169.254.7.127).
+    /// Empty: no connection from the node skips it.
+    #[arg(
+        long,
+        env = "HAWSER_KUBELET_CGROUP",
+        default_value = "system.slice/kubelet.service"
+    )]
+    pub kubelet_cgroup: String,
+
     /// How long upstream connects may take.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

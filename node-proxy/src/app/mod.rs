@@ -16,7 +16,6 @@
 pub mod admin;
 pub mod args;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -33,6 +32,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::dataplane::{DataPlane, DataPlaneSettings};
 use crate::discovery::{DiscoveryClient, NodeConfig};
 use crate::identity::{CertManager, CertManagerConfig, ControlPlaneClient, ControlPlaneConfig};
+use crate::inpod::probes::{KubeletProbes, PROBE_SOURCE_V4, PROBE_SOURCE_V6};
 use crate::inpod::{InPod, InPodSettings};
 use admin::{AdminState, Readiness, SetLogFilter};
 use args::Args;
@@ -105,8 +105,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.trust_domain.clone(),
         config.clone(),
     );
+    let kubelet_probes = kubelet_probes(&args.kubelet_cgroup);
     let settings = InPodSettings {
-        probe_sources: node_addresses(),
+        probe_sources: if kubelet_probes.is_some() {
+            vec![PROBE_SOURCE_V4.into(), PROBE_SOURCE_V6.into()]
+        } else {
+            Vec::new()
+        },
+        kubelet_probes,
         drain_grace: args.drain_grace,
         ..InPodSettings::new(&args.run_dir)
     };
@@ -183,28 +189,21 @@ async fn wait_first_config(config: &mut watch::Receiver<Arc<NodeConfig>>) {
     }
 }
 
-/// The node's own addresses (kubelet probes come from them).
-fn node_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut out: Vec<IpAddr> = addrs
-        .filter_map(|a| {
-            let addr = a.address?;
-            if let Some(v4) = addr.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .filter(|ip| match ip {
-            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
-            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+/// The host rules for kubelet's probes, or `None` (with the reason logged)
+/// when there is no kubelet cgroup to match: then no connection from the
+/// node skips authorization.
+fn kubelet_probes(cgroup: &str) -> Option<Arc<KubeletProbes>> {
+    if cgroup.trim().is_empty() {
+        tracing::info!("no kubelet cgroup: kubelet's probes are judged like any node traffic");
+        return None;
+    }
+    match KubeletProbes::install(cgroup) {
+        Ok(probes) => Some(Arc::new(probes)),
+        Err(e) => {
+            tracing::error!(cgroup, error = %e, "kubelet's probes cannot be told apart: they are judged like any node traffic (pods whose policies refuse plaintext fail their probes)");
+            None
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -93,10 +93,7 @@ impl Default for DataPlaneSettings {
             hbone_server: ServerConfig::default(),
             hbone_client: ClientConfig::default(),
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
-            allowed_upgrades: crate::http::DEFAULT_ALLOWED_UPGRADES
-                .iter()
-                .map(|p| Box::from(*p))
-                .collect(),
+            allowed_upgrades: crate::http::default_allowed_upgrades(),
             path_normalization: crate::authz::PathNormalization::default(),
             connection_caps: limits::ConnectionCaps::for_file_limit(1024 * 1024),
         }

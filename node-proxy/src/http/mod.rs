@@ -53,8 +53,8 @@ pub(crate) use body::{boxed, empty, full};
 pub(crate) use matching::is_grpc;
 pub use metrics::{HttpMetrics, MetricsSnapshot};
 pub use pool::UpstreamError;
-pub use proxy::DEFAULT_ALLOWED_UPGRADES;
 pub use proxy::HttpOutbound;
+pub use proxy::{DEFAULT_ALLOWED_UPGRADES, default_allowed_upgrades};
 pub(crate) use proxy::{HOP_BY_HOP, strip_hop_by_hop};
 pub(crate) use proxy::{is_upgrade, strip_upgrade, upgrade_allowed};
 pub use respond::HttpError;
@@ -152,10 +152,7 @@ impl Default for HttpSettings {
             idle_timeout: Duration::from_secs(90),
             client_idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
             header_read_timeout: serve::DEFAULT_HEADER_READ_TIMEOUT,
-            allowed_upgrades: proxy::DEFAULT_ALLOWED_UPGRADES
-                .iter()
-                .map(|p| Box::from(*p))
-                .collect(),
+            allowed_upgrades: proxy::default_allowed_upgrades(),
             mirror_timeout: Duration::from_secs(10),
         }
     }

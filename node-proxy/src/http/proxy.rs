@@ -270,6 +270,14 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// the app unjudged.
 pub const DEFAULT_ALLOWED_UPGRADES: &[&str] = &["websocket"];
 
+/// [`DEFAULT_ALLOWED_UPGRADES`] as the settings hold it.
+pub fn default_allowed_upgrades() -> std::sync::Arc<[Box<str>]> {
+    DEFAULT_ALLOWED_UPGRADES
+        .iter()
+        .map(|p| Box::from(*p))
+        .collect()
+}
+
 /// Whether every protocol `Upgrade` names (its name before any `/version`,
 /// case-insensitive) is on `allowed`.
 pub(crate) fn upgrade_allowed(headers: &HeaderMap, allowed: &[Box<str>]) -> bool {

@@ -207,10 +207,7 @@ impl PodInbound {
             stats: Arc::default(),
             idle_timeout: crate::relay::DEFAULT_IDLE_TIMEOUT,
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
-            allowed_upgrades: crate::http::DEFAULT_ALLOWED_UPGRADES
-                .iter()
-                .map(|p| Box::from(*p))
-                .collect(),
+            allowed_upgrades: crate::http::default_allowed_upgrades(),
             path_normalization: crate::authz::PathNormalization::default(),
         }
     }

@@ -63,9 +63,12 @@ pub struct InPodSettings {
     /// The run directory shared with the CNI plugin: holds
     /// `enrolled-namespaces.json` and `pods/`.
     pub run_dir: PathBuf,
-    /// The node's own addresses, sent as `probe_source_addresses`: kubelet
-    /// probes from them reach the pod directly.
+    /// Sent as `probe_source_addresses`: connections from them reach the
+    /// pod uncaptured (kubelet's probes, SNATed to the probe address).
     pub probe_sources: Vec<IpAddr>,
+    /// The host rules that send kubelet's probes from the probe address;
+    /// each served pod's addresses are added to them.
+    pub kubelet_probes: Option<Arc<super::probes::KubeletProbes>>,
     /// Bound on the wait for an unknown pod in `add`.
     pub enrollment_wait: Duration,
     /// Grace period of a removed pod's connections.
@@ -78,6 +81,7 @@ impl InPodSettings {
         Self {
             run_dir: run_dir.into(),
             probe_sources: Vec::new(),
+            kubelet_probes: None,
             enrollment_wait: DEFAULT_ENROLLMENT_WAIT,
             drain_grace: DEFAULT_DRAIN_GRACE,
         }
@@ -419,6 +423,11 @@ impl Inner {
             ips = ?record.ips,
             "serving pod: listeners open on 15001, 15006, 15008 in its network namespace"
         );
+        if let Some(probes) = &self.settings.kubelet_probes
+            && let Err(e) = probes.enrolled(&record.ips)
+        {
+            tracing::error!(pod = %ctx.workload, error = %e, "kubelet's probes to this pod will be judged as node traffic");
+        }
         self.pods.lock().insert(
             id,
             Served {
@@ -447,6 +456,11 @@ impl Inner {
         // whatever the data plane does with its own descriptor.
         for fd in &served.listeners {
             let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
+        }
+        if let Some(probes) = &self.settings.kubelet_probes
+            && let Err(e) = probes.removed(&served.record.ips)
+        {
+            tracing::warn!(pod = %served.ctx.workload, error = %e, "cannot withdraw the pod's addresses from the probe rules");
         }
         let grace = self.settings.drain_grace;
         let draining = served.trigger.start(grace);

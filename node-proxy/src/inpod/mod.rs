@@ -35,6 +35,7 @@ mod handler;
 mod netns;
 pub mod persist;
 mod pod;
+pub mod probes;
 #[cfg(test)]
 mod tests;
 

@@ -529,7 +529,12 @@ impl Lab {
             arg(&dir.join("run")),
             "--admin-addr".into(),
             NODE_PROXY_ADMIN_ADDR.into(),
+            // Kubelet's probes: the processes `kubelet_probe` starts.
+            "--kubelet-cgroup".into(),
+            self.kubelet_cgroup(),
         ];
+        let kubelet = sys::cgroup2_root()?.join(self.kubelet_cgroup());
+        std::fs::create_dir_all(&kubelet).map_err(|e| LabError::io(&kubelet, e))?;
         let role = Self::node_proxy_role(&node.name);
         // HAWSER_LAB_PROXY_LOG sets the proxies' log filter (default info).
         let env: Vec<(String, String)> = std::env::var("HAWSER_LAB_PROXY_LOG")
@@ -968,6 +973,36 @@ impl Lab {
         }
     }
 
+    /// The lab's stand-in for kubelet's cgroup, below the cgroup v2 root:
+    /// connections its processes open to enrolled pods are kubelet's probes.
+    pub fn kubelet_cgroup(&self) -> String {
+        format!("hawser-lab-{}-kubelet", self.config.name)
+    }
+
+    /// Opens `url` with curl from `node`'s namespace as kubelet would probe
+    /// it (the process runs in [`Self::kubelet_cgroup`]): the HTTP status
+    /// curl reports (`000` when the connection failed) and the body.
+    pub fn kubelet_probe(&self, node: &str, url: &str) -> Result<(String, String), LabError> {
+        let netns = self.node(node)?.netns.clone();
+        let procs = sys::cgroup2_root()?
+            .join(self.kubelet_cgroup())
+            .join("cgroup.procs");
+        let script = format!(
+            "echo $$ > {} && exec ip netns exec {netns} curl -sS -m 5 -w '\\n%{{http_code}}' {url}",
+            procs.display()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .map_err(|e| LabError::Command {
+                command: script.clone(),
+                output: e.to_string(),
+            })?;
+        let out = String::from_utf8_lossy(&out.stdout);
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        Ok((status.trim().to_owned(), body.to_owned()))
+    }
+
     /// Removes everything the lab created: processes, pods (CNI DEL), nodes,
     /// the underlay, and the state directory. Safe to call twice.
     pub fn down(mut self) -> Result<(), LabError> {
@@ -1000,6 +1035,10 @@ impl Lab {
         for ns in sys::netns_with_prefix(&format!("{}-", self.config.name)) {
             sys::netns_del(&ns)?;
             Self::remove_resolv_conf(&ns);
+        }
+        // The kubelet stand-in's cgroup (empty once its probes have exited).
+        if let Ok(root) = sys::cgroup2_root() {
+            let _ = std::fs::remove_dir(root.join(self.kubelet_cgroup()));
         }
         // /etc/netns holds only per-namespace overrides; once empty (every lab
         // gone, nothing of anyone else's there) it goes, so the host is left as

@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::LabError;
@@ -120,6 +120,27 @@ pub fn alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host).
+pub fn cgroup2_root() -> Result<PathBuf, LabError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| LabError::io(Path::new("/proc/self/mounts"), e))?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "cgroup2").then(|| PathBuf::from(at))
+        })
+        .min_by_key(|p| p.components().count())
+        .ok_or_else(|| {
+            LabError::Missing(
+                "a cgroup v2 hierarchy (the lab's kubelet stand-in is told apart by its cgroup)"
+                    .into(),
+            )
+        })
 }
 
 /// How many files process `pid` has open (`/proc/<pid>/fd`).

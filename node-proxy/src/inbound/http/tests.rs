@@ -525,11 +525,7 @@ fn upgrade_allowed_for(values: &[&str]) -> bool {
     for v in values {
         headers.append("upgrade", http::HeaderValue::from_str(v).expect("value"));
     }
-    let allowed: Vec<Box<str>> = crate::http::DEFAULT_ALLOWED_UPGRADES
-        .iter()
-        .map(|p| Box::from(*p))
-        .collect();
-    crate::http::upgrade_allowed(&headers, &allowed)
+    crate::http::upgrade_allowed(&headers, &crate::http::default_allowed_upgrades())
 }
 
 #[tokio::test]
