@@ -804,3 +804,87 @@ spec:
     // Probes go on being answered.
     assert_eq!(lab.kubelet_probe("node-2", &url).expect("probe").0, "200");
 }
+
+/// A pod's 15008 takes workload identities only: a node proxy's or the
+/// control plane's certificate, issued by the mesh's own CA, is refused in
+/// the handshake; a workload's is served (the server's HTTP/2 SETTINGS).
+#[test]
+fn a_pods_hbone_port_refuses_mesh_component_identities() {
+    use hawser_api::tls::{SpiffeServerVerifier, client_config};
+    use hawser_api::{SpiffeId, TrustDomain};
+    use hawser_control_plane::ca::{Ca, CaSource, SvidProfile};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    hawser_api::tls::install_crypto_provider();
+    let (dir, mut guard) = up("i");
+    let lab = guard.lab();
+    apply(lab, dir.path(), "app.yaml", &app());
+    let echo = lab.pod("shop", "echo").expect("echo").ip.expect("ip");
+    let td = TrustDomain::default();
+    let ca = Ca::load(
+        td.clone(),
+        &CaSource::SelfSigned {
+            dir: lab.config().state_dir.join("ca"),
+            root_lifetime: Duration::from_secs(10 * 365 * 86400),
+        },
+        SvidProfile::default(),
+    )
+    .expect("the lab's CA");
+    let ul = lab.state().underlay.clone().expect("underlay");
+    let served = |who: &SpiffeId| -> bool {
+        let svid = ca.issue_with_new_key(who).expect("certificate");
+        let config = std::sync::Arc::new(client_config(
+            Some(std::sync::Arc::new(rustls::sign::SingleCertAndKey::from(
+                svid.certified_key(),
+            ))),
+            std::sync::Arc::new(SpiffeServerVerifier::new(
+                ca.bundle(),
+                td.clone(),
+                Some(SpiffeId::workload(&td, "shop", "echo").expect("id")),
+            )),
+            &[b"h2"],
+        ));
+        sys::in_netns(&ul, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let tcp = tokio::net::TcpStream::connect((echo, 15008))
+                    .await
+                    .expect("connect 15008");
+                let name = rustls_pki_types::ServerName::IpAddress(echo.into());
+                let Ok(mut tls) = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                else {
+                    return false;
+                };
+                // The client's preface and an empty SETTINGS frame; a served
+                // peer gets the server's SETTINGS, a refused one an alert.
+                let hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+                if tls.write_all(hello).await.is_err() {
+                    return false;
+                }
+                let mut buf = [0u8; 64];
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+                    Ok(Ok(n)) if n > 0
+                )
+            })
+        })
+        .expect("enter underlay")
+    };
+    assert!(
+        served(&SpiffeId::workload(&td, "shop", "client").expect("id")),
+        "a workload is served"
+    );
+    assert!(
+        !served(&SpiffeId::node(&td, "node-1").expect("id")),
+        "a node proxy's identity is not a pod peer"
+    );
+    assert!(
+        !served(&SpiffeId::control_plane(&td)),
+        "nor is the control plane's"
+    );
+}
