@@ -67,6 +67,7 @@ pub fn objects() -> Vec<Update> {
         selector.insert("app".into(), format!("svc-{s}"));
         out.push(Update::Apply(Object::Service(Service {
             meta: Meta::new(ns, format!("svc-{s}")),
+            allowed_upgrades: None,
             service_type: ServiceType::ClusterIp,
             cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(
                 0x6460_0000u32 + u32::try_from(s).unwrap(),

@@ -208,6 +208,7 @@ mod policy_status {
     fn service(name: &str, app: &str, ports: &[(&str, u16, TargetPort, Option<&str>)]) -> Object {
         Object::Service(Service {
             meta: Meta::new("shop", name),
+            allowed_upgrades: None,
             service_type: ServiceType::ClusterIp,
             cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
             ports: ports

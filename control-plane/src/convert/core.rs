@@ -110,6 +110,7 @@ pub fn pod(p: &core::Pod) -> Result<Pod, Vec<FieldError>> {
 pub fn service(s: &core::Service) -> Result<Service, Vec<FieldError>> {
     let mut errors = Vec::new();
     let meta = meta(&s.metadata, &mut errors);
+    let allowed_upgrades = allowed_upgrades(s.metadata.annotations.as_ref(), &mut errors);
     let spec = s.spec.clone().unwrap_or_default();
     let service_type = match spec.type_.as_deref() {
         Some("ExternalName") => {
@@ -194,9 +195,40 @@ pub fn service(s: &core::Service) -> Result<Service, Vec<FieldError>> {
             cluster_ips,
             ports,
             selector: spec.selector,
+            allowed_upgrades,
         },
         errors,
     )
+}
+
+/// The protocols of the allowed-upgrades annotation, lowercase, each an
+/// RFC 9110 token (with an optional `/version`).
+fn allowed_upgrades(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Vec<String>> {
+    let value = annotations?.get(crate::model::ALLOWED_UPGRADES_ANNOTATION)?;
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut protocols = Vec::new();
+    for protocol in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, version) = protocol.split_once('/').unwrap_or((protocol, "x"));
+        if !token(name) || !token(version) {
+            errors.push(FieldError::new(
+                format!(
+                    "metadata.annotations[{}]",
+                    crate::model::ALLOWED_UPGRADES_ANNOTATION
+                ),
+                format!("{protocol:?} is not a protocol name (a token, optionally with /version)"),
+            ));
+            continue;
+        }
+        protocols.push(protocol.to_ascii_lowercase());
+    }
+    Some(protocols)
 }
 
 /// An EndpointSlice (IPv4/IPv6, TCP ports).

@@ -38,6 +38,8 @@ pub struct ServiceView {
     pub ports: Vec<ServicePort>,
     /// Endpoints, sorted.
     pub endpoints: Vec<Endpoint>,
+    /// The protocols HTTP clients may upgrade to (`None`: the node's default).
+    pub allowed_upgrades: Option<Vec<String>>,
 }
 
 /// Builds the view of `service` from its `slices`, or from `pods` (the pods
@@ -71,6 +73,7 @@ pub fn service_view<'a>(
         vips,
         ports: service.ports.clone(),
         endpoints,
+        allowed_upgrades: service.allowed_upgrades.clone(),
     }
 }
 

@@ -25,8 +25,8 @@ pub use route::{
     Timeouts, UrlRewriteFilter, ValueMatch, WeightedBackendRef,
 };
 pub use service::{
-    AppProtocol, EndpointSlice, Service, ServicePort, ServiceType, SliceEndpoint, SlicePort,
-    TargetPort,
+    ALLOWED_UPGRADES_ANNOTATION, AppProtocol, EndpointSlice, Service, ServicePort, ServiceType,
+    SliceEndpoint, SlicePort, TargetPort,
 };
 pub use workload::{ContainerPort, Namespace, Pod, PodIdentity, WorkloadView};
 

@@ -75,7 +75,17 @@ pub struct Service {
     /// `spec.selector`; `None` when the Service has no selector (endpoints
     /// come only from EndpointSlices).
     pub selector: Option<super::Labels>,
+    /// The protocols clients may upgrade HTTP connections to on its ports
+    /// (annotation [`ALLOWED_UPGRADES_ANNOTATION`]); `None`: the node's
+    /// default.
+    pub allowed_upgrades: Option<Vec<String>>,
 }
+
+/// The Service annotation naming the protocols clients may upgrade HTTP
+/// connections to on its ports, comma separated (`websocket`, `websocket,
+/// spdy/3.1`; empty: none). Without it, the node proxy's default applies
+/// (`websocket`, as in Envoy and Istio).
+pub const ALLOWED_UPGRADES_ANNOTATION: &str = "hawser.dev/allowed-upgrades";
 
 impl Service {
     /// The port numbered `port`.

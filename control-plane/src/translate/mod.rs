@@ -108,6 +108,12 @@ pub fn service(s: &ServiceView) -> pb::Service {
             })
             .collect(),
         endpoints: s.endpoints.iter().map(endpoint).collect(),
+        upgrades: s
+            .allowed_upgrades
+            .as_ref()
+            .map(|protocols| pb::UpgradePolicy {
+                protocols: protocols.clone(),
+            }),
     }
 }
 

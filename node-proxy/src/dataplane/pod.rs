@@ -197,6 +197,7 @@ impl PodRuntime {
                 namespace: self.pod.workload.namespace.clone(),
                 destination: original,
                 connector: self.connector.clone(),
+                allowed_upgrades: sp.allowed_upgrades.clone(),
             };
             drop(destinations);
             return self.shared.http.serve(client, context).await;

@@ -97,6 +97,9 @@ pub struct ClientContext {
     /// pooled per connector: share one connector per client pod to reuse
     /// connections across that pod's client connections.
     pub connector: Arc<dyn UpstreamConnector>,
+    /// The protocols this destination lets clients upgrade to (its Service's
+    /// allow-list); `None`: [`HttpSettings::allowed_upgrades`].
+    pub allowed_upgrades: Option<Arc<[Box<str>]>>,
 }
 
 impl std::fmt::Debug for ClientContext {

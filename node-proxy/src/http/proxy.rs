@@ -587,7 +587,13 @@ impl HttpOutbound {
     {
         let upgrade = if !is_upgrade(&req) {
             None
-        } else if upgrade_allowed(req.headers(), &self.inner.settings.allowed_upgrades) {
+        } else if upgrade_allowed(
+            req.headers(),
+            client
+                .allowed_upgrades
+                .as_deref()
+                .unwrap_or(&self.inner.settings.allowed_upgrades),
+        ) {
             Some(hyper::upgrade::on(&mut req))
         } else {
             tracing::debug!(upgrade = ?req.headers().get(UPGRADE), "upgrade not on the allow-list: served as plain HTTP/1.1");

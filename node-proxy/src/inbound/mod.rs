@@ -87,6 +87,9 @@ pub struct PodInbound {
 struct PodView {
     ports: PodPorts,
     policies: Vec<PolicyRef>,
+    /// The upgrade allow-lists the Services mapping a port set (their
+    /// intersection when several do); ports without one use the node's.
+    upgrades: BTreeMap<u16, Arc<[Box<str>]>>,
 }
 
 /// An AuthorizationPolicy of the config, shared with it (not copied).
@@ -322,7 +325,11 @@ impl PodInbound {
                 stats: self.stats.clone(),
                 idle_timeout: self.idle_timeout,
                 header_read_timeout: self.header_read_timeout,
-                allowed_upgrades: self.allowed_upgrades.clone(),
+                allowed_upgrades: view
+                    .upgrades
+                    .get(&target.port())
+                    .cloned()
+                    .unwrap_or_else(|| self.allowed_upgrades.clone()),
                 path_normalization: self.path_normalization,
             },
             peer.cloned(),
@@ -449,7 +456,31 @@ fn pod_view(config: &NodeConfig, uid: &str) -> PodView {
     PodView {
         ports: pod_ports(config, uid, &policies),
         policies,
+        upgrades: pod_upgrades(config, uid),
     }
+}
+
+/// The upgrade allow-list of each port of workload `uid` that a Service
+/// with one maps: what every such Service allows.
+fn pod_upgrades(config: &NodeConfig, uid: &str) -> BTreeMap<u16, Arc<[Box<str>]>> {
+    let mut lists: BTreeMap<u16, Vec<Box<str>>> = BTreeMap::new();
+    for svc in config.services() {
+        let Some(allowed) = crate::outbound::allowed_upgrades(svc) else {
+            continue;
+        };
+        for ep in svc.endpoints.iter().filter(|e| e.workload_uid == uid) {
+            for target in ep.ports.values().filter_map(|t| u16::try_from(*t).ok()) {
+                lists
+                    .entry(target)
+                    .and_modify(|list| list.retain(|p| allowed.contains(p)))
+                    .or_insert_with(|| allowed.to_vec());
+            }
+        }
+    }
+    lists
+        .into_iter()
+        .map(|(port, list)| (port, Arc::from(list)))
+        .collect()
 }
 
 /// The policies that apply to workload `uid` in `config`, shared with it.

@@ -63,6 +63,16 @@ pub struct ServicePort {
     pub app_protocol: String,
     /// Ready endpoints only.
     pub endpoints: Vec<Endpoint>,
+    /// The protocols HTTP clients may upgrade to on it (the Service's
+    /// `hawser.dev/allowed-upgrades`); `None`: the node's default.
+    pub allowed_upgrades: Option<std::sync::Arc<[Box<str>]>>,
+}
+
+/// The allow-list a Service sets for upgrades on its ports, if any.
+pub fn allowed_upgrades(s: &hawser_api::proto::discovery::Service) -> Option<Arc<[Box<str>]>> {
+    s.upgrades
+        .as_ref()
+        .map(|u| u.protocols.iter().map(|p| Box::from(p.as_str())).collect())
 }
 
 /// How to reach the chosen upstream.
@@ -148,6 +158,7 @@ impl Destinations {
                     name: p.name.clone(),
                     app_protocol: p.app_protocol.clone(),
                     endpoints,
+                    allowed_upgrades: allowed_upgrades(s),
                 });
                 for vip in s.vips.iter().filter_map(|v| v.parse::<IpAddr>().ok()) {
                     by_vip.insert(SocketAddr::new(vip, port), sp.clone());

@@ -60,6 +60,7 @@ fn config(endpoints: Vec<pb::Endpoint>) -> NodeConfig {
                 ..Default::default()
             }],
             endpoints,
+            upgrades: None,
         }),
     );
     NodeConfig::from_snapshot(Snapshot {

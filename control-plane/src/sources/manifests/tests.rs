@@ -257,3 +257,32 @@ async fn edits_reach_the_index_within_a_second_and_invalid_edits_keep_the_last_v
         .expect("stops promptly")
         .expect("no panic");
 }
+
+#[test]
+fn a_services_upgrade_allow_list_is_read_from_its_annotation() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  namespace: shop\n  annotations: {hawser.dev/allowed-upgrades: 'WebSocket, spdy/3.1'}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: b\n  namespace: shop\n  annotations: {hawser.dev/allowed-upgrades: ''}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: c, namespace: shop}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: d\n  namespace: shop\n  annotations: {hawser.dev/allowed-upgrades: 'web socket'}\nspec:\n  ports: [{port: 80}]\n";
+    let parsed = parse(Path::new("x.yaml"), yaml);
+    let lists: Vec<Option<Vec<String>>> = parsed
+        .objects
+        .iter()
+        .map(|(_, o)| match o {
+            Object::Service(s) => s.allowed_upgrades.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        lists,
+        [
+            Some(vec!["websocket".to_owned(), "spdy/3.1".to_owned()]),
+            Some(vec![]),
+            None,
+        ]
+    );
+    let errors: Vec<String> = parsed.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "x.yaml: document 4 (Service shop/d): metadata.annotations[hawser.dev/allowed-upgrades]: \"web socket\" is not a protocol name (a token, optionally with /version)"
+        ]
+    );
+}

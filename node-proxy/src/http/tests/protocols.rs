@@ -170,3 +170,29 @@ async fn websocket_upgrades_pass_through() {
     );
     assert_eq!(h.outbound.metrics().upgrades, 1);
 }
+
+/// `h2c` is not on the default allow-list: the request reaches the backend
+/// without its upgrade fields and is answered as plain HTTP/1.1.
+#[tokio::test]
+async fn an_h2c_upgrade_goes_out_as_plain_http() {
+    let backend = Backend::ok("h2c").await;
+    let mut mesh = Mesh::default();
+    mesh.service("echo", "10.96.0.1", 80, "http", "http", &[&backend]);
+    mesh.routes("echo", 80, Some(all_to("echo", 80)), vec![]);
+    let h = Harness::new(&mesh);
+    let Client::H1(mut sender) = h.h1(NS, "10.96.0.1:80").await else {
+        unreachable!("h1 client")
+    };
+    let req = request("GET", "/x")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let last = backend.last();
+    assert_eq!(last.header("upgrade"), None);
+    assert_eq!(last.header("http2-settings"), None);
+    assert_eq!(h.outbound.metrics().upgrades, 0);
+}

@@ -386,6 +386,7 @@ impl Mesh {
                 ..Default::default()
             }],
             endpoints,
+            upgrades: None,
         });
         fakes
     }
@@ -488,6 +489,7 @@ impl Harness {
             namespace: namespace.into(),
             destination: destination.parse().expect("destination"),
             connector: self.connector.clone(),
+            allowed_upgrades: None,
         }
     }
 

@@ -109,6 +109,17 @@ fn config(
     name: &str,
     app_protocol: &str,
 ) -> Arc<NodeConfig> {
+    config_with_upgrades(policies, app_port, name, app_protocol, None)
+}
+
+/// [`config`], the Service setting its upgrade allow-list.
+fn config_with_upgrades(
+    policies: Vec<AuthorizationPolicy>,
+    app_port: u16,
+    name: &str,
+    app_protocol: &str,
+    upgrades: Option<pb::UpgradePolicy>,
+) -> Arc<NodeConfig> {
     let names = policies
         .iter()
         .map(|p| format!("{}/{}", p.namespace, p.name))
@@ -147,6 +158,7 @@ fn config(
                     ready: true,
                     node: String::new(),
                 }],
+                upgrades,
             }),
         ),
     ];
@@ -518,6 +530,62 @@ async fn an_h2c_upgrade_is_served_as_plain_http_and_nothing_escapes_authorizatio
     assert!(upgrade_allowed_for(&["WebSocket/13"]));
     assert!(!upgrade_allowed_for(&["websocket, h2c"]));
     assert!(!upgrade_allowed_for(&[]));
+}
+
+/// A Service's allow-list (`hawser.dev/allowed-upgrades`) replaces the
+/// node's for its ports: one that names `h2c` lets the upgrade through, one
+/// that names nothing refuses WebSocket too.
+#[tokio::test]
+async fn a_services_upgrade_allow_list_replaces_the_nodes() {
+    let app = h2c_app().await;
+    let allow_h2c = Some(pb::UpgradePolicy {
+        protocols: vec!["h2c".into()],
+    });
+    let (handler, _tx) = inbound(config_with_upgrades(
+        vec![allow_web_reads()],
+        app.port(),
+        "http",
+        "",
+        allow_h2c,
+    ));
+    let (_, stream) = hbone(handler, id("web"), app).await;
+    let mut client = http1_client(stream.expect("stream")).await;
+    let h2c = Request::builder()
+        .uri("/api/x")
+        .header("host", "api.shop")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = client.send_request(h2c).await.expect("response");
+    assert_eq!(
+        resp.status(),
+        StatusCode::SWITCHING_PROTOCOLS,
+        "h2c is on this Service's list"
+    );
+
+    let none = Some(pb::UpgradePolicy { protocols: vec![] });
+    let (handler, _tx) = inbound(config_with_upgrades(
+        vec![allow_web_reads()],
+        app.port(),
+        "http",
+        "",
+        none,
+    ));
+    let (_, stream) = hbone(handler, id("web"), app).await;
+    let mut client = http1_client(stream.expect("stream")).await;
+    let ws = Request::builder()
+        .uri("/api/ws")
+        .header("host", "api.shop")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = client.send_request(ws).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK, "served as plain HTTP/1.1");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, "upgrade fields reached the app: false");
 }
 
 fn upgrade_allowed_for(values: &[&str]) -> bool {
