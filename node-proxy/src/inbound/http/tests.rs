@@ -499,6 +499,18 @@ async fn h2c_app() -> SocketAddr {
     addr
 }
 
+/// `GET /api/x` asking to upgrade to h2c (as curl --http2 does).
+fn h2c_upgrade() -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri("/api/x")
+        .header("host", "api.shop")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(Full::new(Bytes::new()))
+        .expect("request")
+}
+
 /// `h2c` is not on the upgrade allow-list: the app gets the request without
 /// its upgrade fields, answers it as plain HTTP/1.1, and every later request
 /// on the connection is still judged (the denied path stays denied).
@@ -508,15 +520,7 @@ async fn an_h2c_upgrade_is_served_as_plain_http_and_nothing_escapes_authorizatio
     let (handler, _tx) = inbound(config(vec![allow_web_reads()], app.port(), "http", ""));
     let (_, stream) = hbone(handler, id("web"), app).await;
     let mut client = http1_client(stream.expect("stream")).await;
-    let h2c = Request::builder()
-        .uri("/api/x")
-        .header("host", "api.shop")
-        .header("connection", "Upgrade, HTTP2-Settings")
-        .header("upgrade", "h2c")
-        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = client.send_request(h2c).await.expect("response");
+    let resp = client.send_request(h2c_upgrade()).await.expect("response");
     assert_eq!(resp.status(), StatusCode::OK, "no switch to h2c");
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(body, "upgrade fields reached the app: false");
@@ -550,15 +554,7 @@ async fn a_services_upgrade_allow_list_replaces_the_nodes() {
     ));
     let (_, stream) = hbone(handler, id("web"), app).await;
     let mut client = http1_client(stream.expect("stream")).await;
-    let h2c = Request::builder()
-        .uri("/api/x")
-        .header("host", "api.shop")
-        .header("connection", "Upgrade, HTTP2-Settings")
-        .header("upgrade", "h2c")
-        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = client.send_request(h2c).await.expect("response");
+    let resp = client.send_request(h2c_upgrade()).await.expect("response");
     assert_eq!(
         resp.status(),
         StatusCode::SWITCHING_PROTOCOLS,
