@@ -343,6 +343,11 @@ fn metrics(state: &AdminState) -> String {
         &classes,
     );
     counter(
+        "hawser_outbound_http_upgrades_total",
+        "Local pods' HTTP connections upgraded (WebSocket, …) through Service routes.",
+        &[("", http.upgrades)],
+    );
+    counter(
         "hawser_outbound_http_retries_total",
         "Retries sent, and retries not sent because the retry budget was spent.",
         &[

@@ -84,6 +84,19 @@ impl UpstreamError {
             Self::Exchange { source, .. } => source.is_connection_error(),
         }
     }
+
+    /// Whether the connection failed before a response came (refused,
+    /// reset, closed): the upstream is unavailable, a `503` as Envoy answers
+    /// it, not a bad answer (`502`).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Request { source, .. } => {
+                !source.is_user() && !source.is_parse() && !source.is_parse_status()
+            }
+            Self::Exchange { source, .. } => source.is_connection_error(),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]

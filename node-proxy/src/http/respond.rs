@@ -68,12 +68,12 @@ impl HttpError {
             Self::NoBackends { .. } | Self::InvalidBackend(_) | Self::UnknownBackend { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Self::NoEndpoints { .. } | Self::Upstream(UpstreamError::Connect { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Upstream(UpstreamError::Request { .. } | UpstreamError::Exchange { .. }) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // Refused, reset or closed before a response: unavailable, as
+            // Envoy answers (and the Gateway API's retry tests expect); a
+            // response that is not HTTP is a bad gateway.
+            Self::Upstream(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::RequestTimeout(_) | Self::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
