@@ -210,12 +210,103 @@ fn validate(r: &Resource) -> Result<Key, ConfigError> {
                 }
             }
         }
-        (Some(Kind::ServiceRoutes(_)), ResourceType::ServiceRoutes)
-        | (Some(Kind::AuthorizationPolicy(_)), ResourceType::AuthorizationPolicy) => {}
+        (Some(Kind::ServiceRoutes(r)), ResourceType::ServiceRoutes) => {
+            validate_routes(r).map_err(invalid)?;
+        }
+        (Some(Kind::AuthorizationPolicy(p)), ResourceType::AuthorizationPolicy) => {
+            validate_policy(p).map_err(invalid)?;
+        }
         (None, _) => return Err(invalid("resource carries no content".into())),
         (Some(_), _) => return Err(invalid("content does not match the resource type".into())),
     }
     Ok((name.r#type, name.name))
+}
+
+/// What a route table would otherwise compile to "never matches" (and so
+/// be acknowledged while it does nothing): methods that are not HTTP
+/// tokens, header names that are not field names.
+fn validate_routes(r: &pb::ServiceRoutes) -> Result<(), String> {
+    for port in &r.ports {
+        let tables =
+            port.producer
+                .iter()
+                .map(|t| ("producer".to_owned(), t))
+                .chain(port.consumers.iter().filter_map(|c| {
+                    Some((format!("consumers[{}]", c.namespace), c.table.as_ref()?))
+                }));
+        for (which, table) in tables {
+            for (i, entry) in table.matches.iter().enumerate() {
+                let at = |field: &str| format!("port {} {which} matches[{i}].{field}", port.port);
+                let headers = match &entry.kind {
+                    Some(pb::match_entry::Kind::Http(m)) => {
+                        if !m.method.is_empty()
+                            && http::Method::from_bytes(m.method.as_bytes()).is_err()
+                        {
+                            return Err(format!(
+                                "{}: {:?} is not an HTTP method",
+                                at("method"),
+                                m.method
+                            ));
+                        }
+                        &m.headers
+                    }
+                    Some(pb::match_entry::Kind::Grpc(m)) => &m.headers,
+                    None => return Err(format!("{}: no condition", at("kind"))),
+                };
+                for (j, h) in headers.iter().enumerate() {
+                    if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                        return Err(format!(
+                            "{}: {:?} is not a header name",
+                            at(&format!("headers[{j}].name")),
+                            h.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a policy would otherwise silently never match on: an `ipBlock`
+/// that is not a CIDR (a Deny that never denies), a SPIFFE ID or method
+/// that cannot be one.
+fn validate_policy(p: &pb::AuthorizationPolicy) -> Result<(), String> {
+    for (i, rule) in p.rules.iter().enumerate() {
+        for (j, from) in rule.from.iter().enumerate() {
+            let at = |field: &str| format!("rules[{i}].from[{j}].{field}");
+            if !from.ip_block.is_empty()
+                && from
+                    .ip_block
+                    .parse::<hawser_api::cni::redirect::Cidr>()
+                    .is_err()
+            {
+                return Err(format!(
+                    "{}: {:?} is not a CIDR",
+                    at("ipBlock"),
+                    from.ip_block
+                ));
+            }
+            if !from.spiffe_id.is_empty() {
+                SpiffeId::parse(&from.spiffe_id).map_err(|e| format!("{}: {e}", at("spiffeId")))?;
+            }
+        }
+        if let Some(to) = &rule.to {
+            for (j, method) in to.methods.iter().enumerate() {
+                if http::Method::from_bytes(method.as_bytes()).is_err() {
+                    return Err(format!(
+                        "rules[{i}].to.methods[{j}]: {method:?} is not an HTTP method"
+                    ));
+                }
+            }
+            for (j, path) in to.paths.iter().enumerate() {
+                if path.kind.is_none() {
+                    return Err(format!("rules[{i}].to.paths[{j}]: no path"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,5 +396,99 @@ mod tests {
             .to_string()
             .contains("does not match")
         );
+    }
+
+    /// A route or policy that would compile to "never matches" is refused
+    /// (NACKed) with its field, and the config held stays the last good one.
+    #[test]
+    fn routes_and_policies_that_would_never_match_are_refused() {
+        let cfg = NodeConfig::from_snapshot(Snapshot {
+            version: 1,
+            resources: vec![workload("u1", "10.244.1.2")],
+        })
+        .unwrap();
+        let policy = |ip_block: &str, method: &str| Resource {
+            name: Some(ResourceName {
+                r#type: ResourceType::AuthorizationPolicy as i32,
+                name: "shop/deny".into(),
+            }),
+            version: 2,
+            kind: Some(Kind::AuthorizationPolicy(pb::AuthorizationPolicy {
+                namespace: "shop".into(),
+                name: "deny".into(),
+                rules: vec![pb::AuthorizationRule {
+                    from: vec![pb::Source {
+                        ip_block: ip_block.into(),
+                        ..Default::default()
+                    }],
+                    to: Some(pb::Destination {
+                        methods: vec![method.into()],
+                        ..Default::default()
+                    }),
+                }],
+                ..Default::default()
+            })),
+        };
+        let routes = |method: &str, header: &str| Resource {
+            name: Some(ResourceName {
+                r#type: ResourceType::ServiceRoutes as i32,
+                name: "shop/api".into(),
+            }),
+            version: 2,
+            kind: Some(Kind::ServiceRoutes(pb::ServiceRoutes {
+                namespace: "shop".into(),
+                name: "api".into(),
+                ports: vec![pb::PortRoutes {
+                    port: 80,
+                    producer: Some(pb::RouteTable {
+                        matches: vec![pb::MatchEntry {
+                            rule: 0,
+                            kind: Some(pb::match_entry::Kind::Http(pb::HttpMatch {
+                                method: method.into(),
+                                headers: vec![pb::HeaderMatch {
+                                    name: header.into(),
+                                    value: "v".into(),
+                                }],
+                                ..Default::default()
+                            })),
+                        }],
+                        ..Default::default()
+                    }),
+                    consumers: vec![],
+                }],
+            })),
+        };
+        let delta = |r: Resource| Delta {
+            from_version: 1,
+            version: 2,
+            upserted: vec![r],
+            removed: vec![],
+        };
+        for (bad, reason) in [
+            (
+                policy("10.0.0.300/8", "GET"),
+                "rules[0].from[0].ipBlock: \"10.0.0.300/8\" is not a CIDR",
+            ),
+            (
+                policy("10.0.0.0/8", "GE T"),
+                "rules[0].to.methods[0]: \"GE T\" is not an HTTP method",
+            ),
+            (
+                routes("GE T", "x-a"),
+                "port 80 producer matches[0].method: \"GE T\" is not an HTTP method",
+            ),
+            (
+                routes("GET", "x a"),
+                "port 80 producer matches[0].headers[0].name: \"x a\" is not a header name",
+            ),
+        ] {
+            let err = cfg.with_delta(delta(bad)).unwrap_err();
+            assert!(err.to_string().contains(reason), "{err}");
+        }
+        assert_eq!(cfg.version(), 1, "the last good config is kept");
+        cfg.with_delta(delta(policy("10.0.0.0/8", "GET")))
+            .expect("a valid policy");
+        cfg.with_delta(delta(routes("GET", "x-a")))
+            .expect("valid routes");
     }
 }
