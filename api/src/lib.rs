@@ -11,6 +11,7 @@
 //!
 //! This crate never depends on `kube`: the data plane links it.
 
+pub mod admin;
 pub mod cni;
 pub mod duration;
 pub mod proto;

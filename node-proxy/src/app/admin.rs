@@ -109,10 +109,16 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, "/certs") => json_response(&certs(state)),
         (&Method::GET, "/pods") => json_response(&pods(state)),
         (&Method::GET, "/connections") => {
-            let connections = state.dataplane.connections().snapshot();
-            let connections: Vec<&crate::tunnel::ConnectionRecord> =
-                connections.iter().map(|c| c.as_ref()).collect();
-            json_response(&json!({ "connections": connections }))
+            let dump = hawser_api::admin::ConnectionsDump {
+                connections: state
+                    .dataplane
+                    .connections()
+                    .snapshot()
+                    .iter()
+                    .map(|c| c.to_admin())
+                    .collect(),
+            };
+            json_response(&json!(dump))
         }
         (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(state)),
         (&Method::GET, "/logging") => text(

@@ -12,23 +12,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hawser_api::SpiffeId;
 use parking_lot::Mutex;
 use rustls::CommonState;
-use serde::Serialize;
 
 /// How many closed connections are remembered.
 pub const CLOSED_KEPT: usize = 256;
 
-/// Which side of the tunnel this proxy is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// This proxy opened it for a local client pod.
-    Outbound,
-    /// This proxy accepted it on a local pod's 15008.
-    Inbound,
-}
+/// Which side of the tunnel this proxy is (the admin API's type).
+pub use hawser_api::admin::ConnectionDirection as Direction;
 
 /// What TLS negotiated on a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
     /// `TLSv1_3`.
     pub tls_version: String,
@@ -58,8 +50,8 @@ impl Negotiated {
     }
 }
 
-/// One HBONE connection.
-#[derive(Debug, Serialize)]
+/// One HBONE connection, as it goes on.
+#[derive(Debug)]
 pub struct ConnectionRecord {
     /// Which side this proxy is.
     pub direction: Direction,
@@ -71,31 +63,17 @@ pub struct ConnectionRecord {
     /// The other end's address.
     pub peer: SocketAddr,
     /// The identity this end presented.
-    pub local_identity: String,
+    pub local_identity: SpiffeId,
     /// The identity the peer proved.
-    pub peer_identity: String,
+    pub peer_identity: SpiffeId,
     /// What TLS negotiated.
-    #[serde(flatten)]
     pub tls: Negotiated,
     /// When it was established (Unix milliseconds).
     pub opened_unix_ms: u64,
-    /// When it closed (Unix milliseconds), `null` while open.
-    #[serde(serialize_with = "closed")]
-    pub closed_unix_ms: AtomicU64,
+    /// When it closed (Unix milliseconds); 0 while open.
+    closed_unix_ms: AtomicU64,
     /// CONNECT streams it has carried.
-    #[serde(serialize_with = "count")]
-    pub streams: AtomicU64,
-}
-
-fn closed<S: serde::Serializer>(v: &AtomicU64, s: S) -> Result<S::Ok, S::Error> {
-    match v.load(Ordering::Relaxed) {
-        0 => s.serialize_none(),
-        ms => s.serialize_some(&ms),
-    }
-}
-
-fn count<S: serde::Serializer>(v: &AtomicU64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(v.load(Ordering::Relaxed))
+    streams: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -120,12 +98,33 @@ impl ConnectionRecord {
             pod,
             local,
             peer,
-            local_identity: identities.0.to_string(),
-            peer_identity: identities.1.to_string(),
+            local_identity: identities.0.clone(),
+            peer_identity: identities.1.clone(),
             tls,
             opened_unix_ms: now_ms(),
             closed_unix_ms: AtomicU64::new(0),
             streams: AtomicU64::new(0),
+        }
+    }
+
+    /// The record as the admin API shows it (`GET /connections`).
+    pub fn to_admin(&self) -> hawser_api::admin::HboneConnection {
+        hawser_api::admin::HboneConnection {
+            direction: self.direction,
+            pod: self.pod.clone(),
+            local: self.local,
+            peer: self.peer,
+            local_identity: self.local_identity.clone(),
+            peer_identity: self.peer_identity.clone(),
+            tls_version: self.tls.tls_version.clone(),
+            cipher: self.tls.cipher.clone(),
+            alpn: (!self.tls.alpn.is_empty()).then(|| self.tls.alpn.clone()),
+            opened_unix_ms: self.opened_unix_ms,
+            closed_unix_ms: match self.closed_unix_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(ms),
+            },
+            streams: self.streams.load(Ordering::Relaxed),
         }
     }
 
@@ -250,7 +249,7 @@ mod tests {
         let log = ConnectionLog::default();
         let r = record(&log, 40000);
         r.stream_opened();
-        let v = serde_json::to_value(&*r).expect("json");
+        let v = serde_json::to_value(r.to_admin()).expect("json");
         assert_eq!(v["direction"], "outbound");
         assert_eq!(v["local"], "10.0.0.1:40000");
         assert_eq!(v["peer"], "10.0.0.2:15008");
@@ -259,7 +258,11 @@ mod tests {
         assert_eq!(v["streams"], 1);
         assert!(v["closed_unix_ms"].is_null());
         r.close();
-        let v = serde_json::to_value(&*r).expect("json");
+        let v = serde_json::to_value(r.to_admin()).expect("json");
         assert!(v["closed_unix_ms"].as_u64().is_some_and(|ms| ms > 0));
+        // What the readers of the admin API parse it back as.
+        let back: hawser_api::admin::HboneConnection =
+            serde_json::from_value(v).expect("the admin type reads it");
+        assert_eq!(back, r.to_admin());
     }
 }
