@@ -209,3 +209,31 @@ fn inspect(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::causes;
+
+    /// An error that writes its source into its own message (as
+    /// `LabError::Io` does), wrapped in context: each text once.
+    #[derive(Debug, thiserror::Error)]
+    #[error("/x/nope.yaml: {source}")]
+    struct Io {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_an_error_already_says_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(Io { source: io }).context("applying the manifests");
+        assert_eq!(
+            format!("{e:#}"),
+            "applying the manifests: /x/nope.yaml: No such file or directory: No such file or directory",
+            "anyhow alone repeats it"
+        );
+        assert_eq!(
+            causes(&e),
+            "applying the manifests: /x/nope.yaml: No such file or directory"
+        );
+    }
+}

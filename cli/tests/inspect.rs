@@ -96,14 +96,3 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert_eq!(stderr, "");
 }
-
-/// A missing file is named once, with its cause once.
-#[test]
-fn errors_name_each_cause_once() {
-    let (code, out) = run(&["cert", "inspect", "/nonexistent/chain.pem"]);
-    assert_eq!(code, 2, "{out}");
-    assert_eq!(
-        out.trim(),
-        "error: reading /nonexistent/chain.pem: No such file or directory (os error 2)"
-    );
-}

@@ -361,8 +361,9 @@ fn is_dot_segment(segment: &str) -> bool {
 }
 
 /// The path under the default normalization, `None` when it is unchanged
-/// or refused (see [`normalize`]).
-pub fn normalize_path(path: &str) -> Option<String> {
+/// or refused (see [`normalize`]); for tests.
+#[cfg(test)]
+pub(crate) fn normalize_path(path: &str) -> Option<String> {
     match normalize(path, &PathNormalization::default()) {
         Normalized::Changed(p) => Some(p),
         Normalized::Unchanged | Normalized::Rejected(_) => None,

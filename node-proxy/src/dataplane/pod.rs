@@ -475,13 +475,6 @@ impl UpstreamConnector for PodConnector {
                 "the pod is no longer served",
             ));
         };
-        if pod.is_own_port(endpoint) {
-            Stats::bump(&pod.shared.stats.outbound_self_targets);
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("{endpoint} is the node proxy's own port in this pod"),
-            ));
-        }
         let route = pod
             .shared
             .destinations

@@ -453,34 +453,12 @@ impl HboneHandler for PodInbound {
 /// What of `config` concerns workload `uid`.
 fn pod_view(config: &NodeConfig, uid: &str) -> PodView {
     let policies = policies(config, uid);
+    let (ports, upgrades) = pod_ports(config, uid, &policies);
     PodView {
-        ports: pod_ports(config, uid, &policies),
+        ports,
         policies,
-        upgrades: pod_upgrades(config, uid),
+        upgrades,
     }
-}
-
-/// The upgrade allow-list of each port of workload `uid` that a Service
-/// with one maps: what every such Service allows.
-fn pod_upgrades(config: &NodeConfig, uid: &str) -> BTreeMap<u16, Arc<[Box<str>]>> {
-    let mut lists: BTreeMap<u16, Vec<Box<str>>> = BTreeMap::new();
-    for svc in config.services() {
-        let Some(allowed) = crate::outbound::allowed_upgrades(svc) else {
-            continue;
-        };
-        for ep in svc.endpoints.iter().filter(|e| e.workload_uid == uid) {
-            for target in ep.ports.values().filter_map(|t| u16::try_from(*t).ok()) {
-                lists
-                    .entry(target)
-                    .and_modify(|list| list.retain(|p| allowed.contains(p)))
-                    .or_insert_with(|| allowed.to_vec());
-            }
-        }
-    }
-    lists
-        .into_iter()
-        .map(|(port, list)| (port, Arc::from(list)))
-        .collect()
 }
 
 /// The policies that apply to workload `uid` in `config`, shared with it.
@@ -501,10 +479,17 @@ fn policies(config: &NodeConfig, uid: &str) -> Vec<PolicyRef> {
 
 /// Every port of workload `uid` that a Service of `config` maps, with
 /// whether all of them declare it HTTP and whether the pod's `policies`
-/// look at its requests.
-fn pod_ports(config: &NodeConfig, uid: &str, policies: &[PolicyRef]) -> PodPorts {
+/// look at its requests; and the upgrade allow-list of the ports whose
+/// Services set one (what every such Service allows).
+fn pod_ports(
+    config: &NodeConfig,
+    uid: &str,
+    policies: &[PolicyRef],
+) -> (PodPorts, BTreeMap<u16, Arc<[Box<str>]>>) {
     let mut http_ports = BTreeMap::new();
+    let mut upgrades: BTreeMap<u16, Vec<Box<str>>> = BTreeMap::new();
     for svc in config.services() {
+        let allowed = crate::outbound::allowed_upgrades(svc);
         for ep in svc.endpoints.iter().filter(|e| e.workload_uid == uid) {
             for (svc_port, target) in &ep.ports {
                 let (Some(sp), Ok(target)) = (
@@ -515,10 +500,16 @@ fn pod_ports(config: &NodeConfig, uid: &str, policies: &[PolicyRef]) -> PodPorts
                 };
                 let http = crate::http::is_http(&sp.app_protocol, &sp.name);
                 *http_ports.entry(target).or_insert(http) &= http;
+                if let Some(allowed) = &allowed {
+                    upgrades
+                        .entry(target)
+                        .and_modify(|list| list.retain(|p| allowed.contains(p)))
+                        .or_insert_with(|| allowed.to_vec());
+                }
             }
         }
     }
-    http_ports
+    let ports = http_ports
         .into_iter()
         .map(|(port, http)| {
             let needs_requests = authz::needs_requests(policies, port);
@@ -530,5 +521,10 @@ fn pod_ports(config: &NodeConfig, uid: &str, policies: &[PolicyRef]) -> PodPorts
                 },
             )
         })
-        .collect()
+        .collect();
+    let upgrades = upgrades
+        .into_iter()
+        .map(|(port, list)| (port, Arc::from(list)))
+        .collect();
+    (ports, upgrades)
 }

@@ -186,3 +186,52 @@ async fn plaintext_is_allowed_unless_a_policy_needs_an_identity() {
         "an ipBlock admits it"
     );
 }
+
+/// Two Services map port 8080 of the pod, each with an upgrade allow-list:
+/// the port allows what both allow; a port no listing Service maps keeps
+/// the node's default (no entry).
+#[test]
+fn services_upgrade_lists_intersect_per_port() {
+    let service = |name: &str, target: u32, protocols: &[&str]| {
+        res(
+            ResourceType::Service,
+            &format!("shop/{name}"),
+            Kind::Service(pb::Service {
+                namespace: "shop".into(),
+                name: name.into(),
+                vips: vec![],
+                ports: vec![pb::ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    ..Default::default()
+                }],
+                endpoints: vec![pb::Endpoint {
+                    workload_uid: "uid-api".into(),
+                    addresses: vec!["127.0.0.1".into()],
+                    ports: std::collections::HashMap::from([(80, target)]),
+                    ready: true,
+                    node: String::new(),
+                }],
+                upgrades: (!protocols.is_empty()).then(|| pb::UpgradePolicy {
+                    protocols: protocols.iter().map(|p| (*p).to_owned()).collect(),
+                }),
+            }),
+        )
+    };
+    let config = NodeConfig::from_snapshot(Snapshot {
+        version: 1,
+        resources: vec![
+            service("a", 8080, &["websocket", "h2c"]),
+            service("b", 8080, &["websocket"]),
+            service("c", 9090, &[]),
+        ],
+    })
+    .expect("config");
+    let (ports, upgrades) = pod_ports(&config, "uid-api", &[]);
+    assert_eq!(ports.keys().copied().collect::<Vec<_>>(), [8080, 9090]);
+    assert_eq!(
+        upgrades.get(&8080).map(|l| l.to_vec()),
+        Some(vec![Box::from("websocket")])
+    );
+    assert!(!upgrades.contains_key(&9090));
+}
