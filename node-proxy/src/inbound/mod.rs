@@ -89,7 +89,7 @@ struct PodView {
     policies: Vec<PolicyRef>,
     /// The upgrade allow-lists the Services mapping a port set (their
     /// intersection when several do); ports without one use the node's.
-    upgrades: BTreeMap<u16, Arc<[Box<str>]>>,
+    upgrades: PortUpgrades,
 }
 
 /// An AuthorizationPolicy of the config, shared with it (not copied).
@@ -190,6 +190,9 @@ impl PortMode {
 
 /// A pod's ports that Services map.
 type PodPorts = BTreeMap<u16, PortMode>;
+
+/// The upgrade allow-lists a pod's ports got from their Services.
+type PortUpgrades = BTreeMap<u16, Arc<[Box<str>]>>;
 
 impl PodInbound {
     /// The handler for pod `uid` with addresses `ips` in `netns`.
@@ -481,11 +484,7 @@ fn policies(config: &NodeConfig, uid: &str) -> Vec<PolicyRef> {
 /// whether all of them declare it HTTP and whether the pod's `policies`
 /// look at its requests; and the upgrade allow-list of the ports whose
 /// Services set one (what every such Service allows).
-fn pod_ports(
-    config: &NodeConfig,
-    uid: &str,
-    policies: &[PolicyRef],
-) -> (PodPorts, BTreeMap<u16, Arc<[Box<str>]>>) {
+fn pod_ports(config: &NodeConfig, uid: &str, policies: &[PolicyRef]) -> (PodPorts, PortUpgrades) {
     let mut http_ports = BTreeMap::new();
     let mut upgrades: BTreeMap<u16, Vec<Box<str>>> = BTreeMap::new();
     for svc in config.services() {
