@@ -297,12 +297,12 @@ pub(crate) fn upgrade_allowed(headers: &HeaderMap, allowed: &[Box<str>]) -> bool
     named
 }
 
-/// Takes an upgrade the allow-list does not name out of a request: its
-/// `Upgrade`, `Connection` (and the fields it names) and `HTTP2-Settings`
-/// go, and the request is served as plain HTTP/1.1 (what Envoy does with an
-/// upgrade it is not configured for).
+/// Takes an upgrade the allow-list does not name out of a request, which
+/// is then served as plain HTTP/1.1 (what Envoy does with an upgrade it is
+/// not configured for): `HTTP2-Settings` goes here, even unnamed by
+/// `Connection`; `Upgrade` and `Connection` go with the hop-by-hop fields
+/// every request forwarded as plain loses ([`strip_hop_by_hop`]).
 pub(crate) fn strip_upgrade(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers, false);
     headers.remove("http2-settings");
 }
 
